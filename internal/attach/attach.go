@@ -1,0 +1,406 @@
+// Package attach loads a tracer's BPF objects and attaches each hook with the
+// best method the running kernel accepts.
+//
+// A hook is declared once with its ordered alternatives: fentry/fexit, then
+// kprobe/kretprobe, then a tracepoint (tp_btf, raw_tp or classic) or an
+// iterator. The choice is made by really loading and attaching: the maps are
+// created once, then for each hook the programs of one alternative are loaded
+// on their own (the programs of every other alternative are removed from the
+// spec first), so an alternative that cannot verify on this kernel does not
+// stop the rest. Each hook reports the method chosen, what it gives up, and
+// why every better alternative was refused.
+package attach
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/nettrace/nettrace/internal/kernel"
+)
+
+// Tier is a family of attach methods, best first.
+type Tier string
+
+// The tiers, in the order they are tried.
+const (
+	Auto       Tier = ""           // try every tier in order
+	Fentry     Tier = "fentry"     // fentry/fexit (BPF trampolines): cheapest, typed arguments and return values
+	Kprobe     Tier = "kprobe"     // kprobe/kretprobe: any function, about twice fentry's cost per call
+	Tracepoint Tier = "tracepoint" // tp_btf, raw_tp, classic tracepoints and iterators: stable, but only where the kernel placed them
+)
+
+// Tiers lists the tiers in the order Auto tries them.
+var Tiers = []Tier{Fentry, Kprobe, Tracepoint}
+
+// ParseTier parses --attach: auto, fentry, kprobe or tracepoint.
+func ParseTier(s string) (Tier, error) {
+	switch Tier(s) {
+	case "auto", Auto:
+		return Auto, nil
+	case Fentry, Kprobe, Tracepoint:
+		return Tier(s), nil
+	}
+	return Auto, fmt.Errorf("parse attach tier %q: want auto, fentry, kprobe or tracepoint", s)
+}
+
+func (t Tier) String() string {
+	if t == Auto {
+		return "auto"
+	}
+	return string(t)
+}
+
+// Alternative is one way to implement a hook.
+type Alternative struct {
+	Tier     Tier
+	Programs []string // names of the programs in the CollectionSpec, all attached together
+	GivesUp  string   // what this alternative loses against the hook's best one; "" for nothing
+}
+
+// Hook is one thing a tracer observes, with its alternatives best first.
+type Hook struct {
+	Name         string // "connect"
+	Alternatives []Alternative
+}
+
+// Refusal says why an alternative was not used.
+type Refusal struct {
+	Tier   Tier   `json:"tier"`
+	Method string `json:"method"`
+	Err    error  `json:"-"`
+	Reason string `json:"reason"`
+}
+
+// Choice is the outcome for one hook.
+type Choice struct {
+	Hook    string    `json:"hook"`
+	Tier    Tier      `json:"tier"`
+	Method  string    `json:"method"` // "fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint", "iter", joined with "+" when mixed
+	GivesUp string    `json:"gives_up,omitempty"`
+	Refused []Refusal `json:"refused,omitempty"`
+}
+
+func (c Choice) String() string {
+	s := fmt.Sprintf("%s: %s (%s)", c.Hook, c.Method, c.Tier)
+	if c.GivesUp != "" {
+		s += ", gives up: " + c.GivesUp
+	}
+	return s
+}
+
+// Options control Load.
+type Options struct {
+	Tier Tier // force a tier; Auto picks the best that works
+	// Constants sets `const volatile` globals before loading.
+	Constants map[string]any
+}
+
+// Objects are the loaded maps and programs of a tracer, with their links.
+type Objects struct {
+	Maps     map[string]*ebpf.Map
+	Programs map[string]*ebpf.Program
+	Iters    map[string]*link.Iter // iterator links by program name, to Open() per read
+	Choices  []Choice
+
+	base  *ebpf.Collection
+	colls []*ebpf.Collection
+	links []link.Link
+}
+
+// Choice returns the choice made for a hook.
+func (o *Objects) Choice(hook string) (Choice, bool) {
+	for _, c := range o.Choices {
+		if c.Hook == hook {
+			return c, true
+		}
+	}
+	return Choice{}, false
+}
+
+// Tiers returns hook -> method, for output headers.
+func (o *Objects) Tiers() map[string]string {
+	m := make(map[string]string, len(o.Choices))
+	for _, c := range o.Choices {
+		m[c.Hook] = c.Method
+	}
+	return m
+}
+
+// Close detaches every link and closes every map and program.
+func (o *Objects) Close() error {
+	var errs []error
+	for i := len(o.links) - 1; i >= 0; i-- {
+		errs = append(errs, o.links[i].Close())
+	}
+	o.links = nil
+	for _, c := range o.colls {
+		c.Close()
+	}
+	o.colls = nil
+	if o.base != nil {
+		o.base.Close()
+		o.base = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Load creates spec's maps, then attaches every hook with the first
+// alternative that loads and attaches (only alternatives of opts.Tier when it
+// is set). Programs not named by any hook are loaded but not attached. On
+// failure everything opened is closed.
+func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, err error) {
+	// cilium/ebpf resolves tracefs once per process; mount it first.
+	_, _ = kernel.EnsureTracefs()
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	_ = rlimit.RemoveMemlock()
+
+	spec = spec.Copy()
+	for name, v := range opts.Constants {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("set constant %s: no such variable in the BPF object", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return nil, fmt.Errorf("set constant %s: %w", name, err)
+		}
+	}
+
+	inHook := map[string]bool{}
+	for _, h := range hooks {
+		for _, a := range h.Alternatives {
+			for _, p := range a.Programs {
+				if _, ok := spec.Programs[p]; !ok {
+					return nil, fmt.Errorf("declare hook %s: program %s not in the BPF object", h.Name, p)
+				}
+				inHook[p] = true
+			}
+		}
+	}
+
+	cache := btf.NewCache()
+	baseSpec := spec.Copy()
+	for name := range baseSpec.Programs {
+		if inHook[name] {
+			delete(baseSpec.Programs, name)
+		}
+	}
+	base, err := ebpf.NewCollectionWithOptions(baseSpec, ebpf.CollectionOptions{Cache: cache})
+	if err != nil {
+		return nil, fmt.Errorf("create maps: %w", err)
+	}
+	o := &Objects{
+		Maps:     base.Maps,
+		Programs: map[string]*ebpf.Program{},
+		Iters:    map[string]*link.Iter{},
+		base:     base,
+	}
+	defer func() {
+		if err != nil {
+			o.Close()
+		}
+	}()
+	for name, p := range base.Programs {
+		o.Programs[name] = p
+	}
+
+	for _, h := range hooks {
+		c := Choice{Hook: h.Name}
+		tried := 0
+		done := false
+		for _, alt := range h.Alternatives {
+			if opts.Tier != Auto && alt.Tier != opts.Tier {
+				continue
+			}
+			tried++
+			method := altMethod(spec, alt)
+			if err := o.loadAlternative(spec, alt, cache); err != nil {
+				c.Refused = append(c.Refused, Refusal{Tier: alt.Tier, Method: method, Err: err, Reason: kernel.Explain(method, err)})
+				continue
+			}
+			c.Tier, c.Method, c.GivesUp = alt.Tier, method, alt.GivesUp
+			done = true
+			break
+		}
+		if !done {
+			if tried == 0 {
+				return nil, fmt.Errorf("attach hook %s: it has no %s alternative", h.Name, opts.Tier)
+			}
+			return nil, &NoAlternativeError{Hook: h.Name, Tier: opts.Tier, Refused: c.Refused}
+		}
+		o.Choices = append(o.Choices, c)
+	}
+	return o, nil
+}
+
+// NoAlternativeError is returned when no alternative of a hook could be used.
+type NoAlternativeError struct {
+	Hook    string
+	Tier    Tier
+	Refused []Refusal
+}
+
+func (e *NoAlternativeError) Error() string {
+	var parts []string
+	for _, r := range e.Refused {
+		parts = append(parts, fmt.Sprintf("%s: %s", r.Method, r.Reason))
+	}
+	what := "no attach method works on this kernel"
+	if e.Tier != Auto {
+		what = fmt.Sprintf("tier %s is not available on this kernel (try --attach=auto)", e.Tier)
+	}
+	return fmt.Sprintf("attach hook %s: %s: %s", e.Hook, what, strings.Join(parts, "; "))
+}
+
+// Format prints verifier logs with %+v.
+func (e *NoAlternativeError) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('+') {
+		fmt.Fprintf(f, "attach hook %s:", e.Hook)
+		for _, r := range e.Refused {
+			fmt.Fprintf(f, "\n  %s: %+v", r.Method, r.Err)
+		}
+		return
+	}
+	fmt.Fprint(f, e.Error())
+}
+
+// Unwrap gives errors.Is/As access to each refusal.
+func (e *NoAlternativeError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Refused))
+	for _, r := range e.Refused {
+		errs = append(errs, r.Err)
+	}
+	return errs
+}
+
+func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, alt Alternative, cache *btf.Cache) error {
+	s := spec.Copy()
+	want := map[string]bool{}
+	for _, p := range alt.Programs {
+		want[p] = true
+	}
+	for name := range s.Programs {
+		if !want[name] {
+			delete(s.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(s, ebpf.CollectionOptions{MapReplacements: o.Maps, Cache: cache})
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	var links []link.Link
+	iters := map[string]*link.Iter{}
+	for _, name := range alt.Programs {
+		l, err := attachProgram(s.Programs[name], coll.Programs[name])
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			coll.Close()
+			return err
+		}
+		links = append(links, l)
+		if it, ok := l.(*link.Iter); ok {
+			iters[name] = it
+		}
+	}
+	o.colls = append(o.colls, coll)
+	o.links = append(o.links, links...)
+	for name, p := range coll.Programs {
+		o.Programs[name] = p
+	}
+	for name, it := range iters {
+		o.Iters[name] = it
+	}
+	return nil
+}
+
+// Method names how a program attaches: fentry, fexit, tp_btf, iter, kprobe,
+// kretprobe, tracepoint, raw_tp.
+func Method(p *ebpf.ProgramSpec) string {
+	switch p.Type {
+	case ebpf.Tracing:
+		switch p.AttachType {
+		case ebpf.AttachTraceFEntry:
+			return "fentry"
+		case ebpf.AttachTraceFExit:
+			return "fexit"
+		case ebpf.AttachTraceRawTp:
+			return "tp_btf"
+		case ebpf.AttachTraceIter:
+			return "iter"
+		case ebpf.AttachModifyReturn:
+			return "fmod_ret"
+		}
+	case ebpf.Kprobe:
+		if strings.HasPrefix(p.SectionName, "kretprobe") {
+			return "kretprobe"
+		}
+		return "kprobe"
+	case ebpf.TracePoint:
+		return "tracepoint"
+	case ebpf.RawTracepoint:
+		return "raw_tp"
+	}
+	return p.Type.String()
+}
+
+func altMethod(spec *ebpf.CollectionSpec, alt Alternative) string {
+	var ms []string
+	seen := map[string]bool{}
+	for _, name := range alt.Programs {
+		m := Method(spec.Programs[name])
+		// fentry+fexit and kprobe+kretprobe read as one method.
+		m = strings.NewReplacer("fexit", "fentry", "kretprobe", "kprobe").Replace(m)
+		if !seen[m] {
+			seen[m] = true
+			ms = append(ms, m)
+		}
+	}
+	return strings.Join(ms, "+")
+}
+
+func attachProgram(ps *ebpf.ProgramSpec, p *ebpf.Program) (link.Link, error) {
+	m := Method(ps)
+	var (
+		l   link.Link
+		err error
+	)
+	switch m {
+	case "fentry", "fexit", "tp_btf", "fmod_ret":
+		l, err = link.AttachTracing(link.TracingOptions{Program: p})
+	case "iter":
+		l, err = link.AttachIter(link.IterOptions{Program: p})
+	case "kprobe", "kretprobe":
+		sym := ps.AttachTo
+		if ks, kerr := kernel.LoadKallsyms(); kerr == nil {
+			if s, rerr := ks.Resolve(sym); rerr == nil {
+				sym = s
+			}
+		}
+		if m == "kprobe" {
+			l, err = link.Kprobe(sym, p, nil)
+		} else {
+			l, err = link.Kretprobe(sym, p, nil)
+		}
+	case "tracepoint":
+		group, name, ok := strings.Cut(ps.AttachTo, "/")
+		if !ok {
+			return nil, fmt.Errorf("attach tracepoint %q: want group/name", ps.AttachTo)
+		}
+		l, err = link.Tracepoint(group, name, p, nil)
+	case "raw_tp":
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: ps.AttachTo, Program: p})
+	default:
+		return nil, fmt.Errorf("attach %s: program type %s is attached by its tracer, not by a hook", ps.Name, ps.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach %s %s: %w", m, ps.AttachTo, err)
+	}
+	return l, nil
+}

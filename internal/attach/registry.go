@@ -1,0 +1,50 @@
+package attach
+
+import (
+	"sort"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/nettrace/nettrace/internal/kernel"
+)
+
+// TracerInfo describes a tracer for `nettrace doctor`: its hooks, and the
+// capabilities it needs.
+type TracerInfo struct {
+	Name    string                               // "ports"
+	Summary string                               // one line
+	Spec    func() (*ebpf.CollectionSpec, error) // the generated loadX function
+	Hooks   []Hook
+	Caps    []kernel.Cap
+	Hidden  bool // not a user command (the demo hook)
+}
+
+var registry = map[string]TracerInfo{}
+
+// Register adds a tracer; each tracer package calls it from init.
+func Register(t TracerInfo) { registry[t.Name] = t }
+
+// Registered returns the registered tracers sorted by name.
+func Registered() []TracerInfo {
+	out := make([]TracerInfo, 0, len(registry))
+	for _, t := range registry {
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Plan loads and attaches a tracer's hooks as it would run, records the
+// choices, and detaches again.
+func Plan(t TracerInfo, tier Tier) ([]Choice, error) {
+	spec, err := t.Spec()
+	if err != nil {
+		return nil, err
+	}
+	objs, err := Load(spec, t.Hooks, Options{Tier: tier})
+	if err != nil {
+		return nil, err
+	}
+	defer objs.Close()
+	return objs.Choices, nil
+}

@@ -1,0 +1,55 @@
+package kernel
+
+import (
+	"os"
+	"testing"
+)
+
+func TestProbesThisKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)")
+		}
+		t.Skip("needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run as root")
+	}
+	got := map[string]Probe{}
+	for _, p := range Probes() {
+		got[p.Name] = p
+		t.Logf("%-10s ok=%-5v %s", p.Name, p.OK, p.Detail)
+	}
+	// What every kernel nettrace supports has (5.8+ with BTF).
+	for _, name := range []string{"btf", "tp_btf", "raw_tp", "tracepoint", "perf_event", "iter_tcp", "sockops", "sk_msg", "cgroup2", "ringbuf", "bpf_stats"} {
+		if !got[name].OK {
+			t.Errorf("probe %s failed: %s", name, got[name].Detail)
+		}
+	}
+	// What the test environment says this kernel must (not) have.
+	switch os.Getenv("NETTRACE_EXPECT_TIER") {
+	case "fentry": // the Debian 6.1 VM
+		for _, name := range []string{"fentry", "kprobe"} {
+			if !got[name].OK {
+				t.Errorf("probe %s failed on a kernel that must have it: %s", name, got[name].Detail)
+			}
+		}
+	case "tracepoint": // the CI machine: no CONFIG_KPROBES, fentry refused
+		for _, name := range []string{"fentry", "kprobe"} {
+			if got[name].OK {
+				t.Errorf("probe %s succeeded on a kernel that cannot have it", name)
+			}
+		}
+	}
+}
+
+func TestResolveSuffixed(t *testing.T) {
+	k := &Kallsyms{names: map[string]struct{}{"tcp_v4_connect": {}, "foo.isra.0": {}},
+		suffixed: map[string]string{"foo": "foo.isra.0"}}
+	for in, want := range map[string]string{"tcp_v4_connect": "tcp_v4_connect", "foo": "foo.isra.0"} {
+		got, err := k.Resolve(in)
+		if err != nil || got != want {
+			t.Errorf("Resolve(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := k.Resolve("nope"); err == nil {
+		t.Error("Resolve(nope) succeeded")
+	}
+}
