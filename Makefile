@@ -22,9 +22,11 @@ generate-check: generate
 	@git diff --exit-code --stat -- tracers/ || { echo "generated BPF files are out of date: run 'make generate' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- tracers/ | grep '^??')" || { echo "generate produced files that are not committed:"; git status --porcelain -- tracers/; exit 1; }
 
-## vmlinux: regenerate bpf/headers/vmlinux_x86.h from this machine's BTF
+## vmlinux: regenerate bpf/headers/vmlinux_x86.h from this machine's BTF and
+## vmlinux_arm64.h from Debian's arm64 kernel package
 vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/headers/vmlinux_x86.h
+	scripts/vmlinux-arm64.sh
 
 ## test: unit and privileged tests on this kernel (as root; CI=true turns skips into failures)
 test:

@@ -1,3 +1,3 @@
 package demo
 
-//go:generate go tool bpf2go -tags linux -target amd64 -cflags "-O2 -g -Wall -Werror" -go-package demo demo ../../bpf/demo.bpf.c -- -I../../bpf/headers
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -cflags "-O2 -g -Wall -Werror" -go-package demo demo ../../bpf/demo.bpf.c -- -I../../bpf/headers
