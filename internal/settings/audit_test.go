@@ -83,7 +83,7 @@ func TestAuditNamespaceSettings(t *testing.T) {
 		t.Errorf("conntrack without the module: %+v", s)
 	}
 	for _, s := range r.Settings {
-		if s.Status == NA {
+		if s.Status == NA && s.Reason != "nf_conntrack not loaded" { // checked above
 			t.Errorf("%s could not be judged: %s", s.Name, s.Reason)
 		}
 		t.Logf("%-32s %-24s %-4s %s | %s", s.Name, s.Value, s.Status, s.Reason, s.Fix)

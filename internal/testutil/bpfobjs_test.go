@@ -16,7 +16,9 @@ type errTB struct {
 	errors []string
 }
 
-func (f *errTB) Errorf(format string, args ...any) { f.errors = append(f.errors, fmt.Sprintf(format, args...)) }
+func (f *errTB) Errorf(format string, args ...any) {
+	f.errors = append(f.errors, fmt.Sprintf(format, args...))
+}
 
 // A pinned program outlives its process: RequireNoOrphans must see it, and
 // must not count a program this process still holds.
