@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: GPL-2.0
+/* iter/tcp: one fixed-size record per TCP socket of the reader's network
+ * namespace (listening, established, request and TIME_WAIT sockets), read
+ * by internal/socktable. The first record of every read is a header with the
+ * clock, so user space can turn timer expiries into durations. */
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_tracing.h"
+#include "bpf_core_read.h"
+#include "bpf_endian.h"
+#include "common.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define SOCKTABLE_MAGIC 0x6e74736bU /* "ntsk" */
+
+struct sock_header {
+	__u32 magic;
+	__u32 rec_size;
+	__u64 jiffies;
+	__u64 ktime_ns;
+};
+
+struct sock_rec {
+	union addr saddr;
+	union addr daddr;
+	__u16 sport; /* host order */
+	__u16 dport; /* host order */
+	__u16 family;
+	__u8 state;
+	__u8 substate;     /* TIME_WAIT: FIN_WAIT2 or TIME_WAIT proper */
+	__u32 rx_queue;    /* LISTEN: accept queue length; else unread bytes */
+	__u32 tx_queue;    /* unacknowledged bytes */
+	__u32 max_backlog; /* LISTEN: sk_max_ack_backlog */
+	__u32 syn_queue;   /* LISTEN: request sockets (SYN_RECV) */
+	__u32 uid;
+	__u64 ino;         /* socket inode, to find the owning process */
+	__u64 expires;     /* TIME_WAIT and request socks: timer expiry, jiffies */
+	__u64 netns;       /* network namespace inode */
+};
+
+/* Force the record types into BTF for bpf2go -type. */
+const struct sock_rec *unused_rec __attribute__((unused));
+const struct sock_header *unused_hdr __attribute__((unused));
+
+SEC("iter/tcp")
+int dump_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct sock_common *skc = ctx->sk_common;
+	struct sock_rec r = {};
+
+	if (ctx->meta->seq_num == 0) {
+		struct sock_header h = {
+			.magic = SOCKTABLE_MAGIC,
+			.rec_size = sizeof(struct sock_rec),
+			.jiffies = bpf_jiffies64(),
+			.ktime_ns = bpf_ktime_get_ns(),
+		};
+		bpf_seq_write(seq, &h, sizeof(h));
+	}
+	if (!skc)
+		return 0;
+
+	r.family = skc->skc_family;
+	r.state = skc->skc_state;
+	r.sport = skc->skc_num;
+	r.dport = bpf_ntohs(skc->skc_dport);
+	r.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	if (r.family == AF_INET) {
+		r.saddr.v4 = skc->skc_rcv_saddr;
+		r.daddr.v4 = skc->skc_daddr;
+	} else {
+		BPF_CORE_READ_INTO(&r.saddr.v6, skc, skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&r.daddr.v6, skc, skc_v6_daddr.in6_u.u6_addr8);
+	}
+
+	if (r.state == TCP_TIME_WAIT) {
+		struct tcp_timewait_sock *tw = bpf_skc_to_tcp_timewait_sock(skc);
+
+		if (tw) {
+			r.expires = BPF_CORE_READ(tw, tw_sk.tw_timer.expires);
+			r.substate = BPF_CORE_READ(tw, tw_sk.tw_substate);
+		}
+	} else if (r.state == TCP_NEW_SYN_RECV) {
+		struct tcp_request_sock *req = bpf_skc_to_tcp_request_sock(skc);
+
+		if (req)
+			r.expires = BPF_CORE_READ(req, req.req.rsk_timer.expires);
+	} else {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+		struct socket *sock;
+
+		if (!tp)
+			goto out;
+		if (r.state == TCP_LISTEN) {
+			r.rx_queue = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_ack_backlog);
+			r.max_backlog = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_max_ack_backlog);
+			r.syn_queue = BPF_CORE_READ(tp, inet_conn.icsk_accept_queue.qlen.counter);
+		} else {
+			__s32 rx = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+
+			r.rx_queue = rx > 0 ? rx : 0;
+			r.tx_queue = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+		}
+		r.uid = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_uid.val);
+		sock = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket);
+		if (sock)
+			r.ino = BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
+	}
+out:
+	bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
