@@ -13,7 +13,8 @@
 #   VMTEST_KERNEL   bzImage to boot instead of the newest Debian 6.1 cloud kernel
 #   VMTEST_KEEP=1   keep the work directory after a successful run
 #   CI and NETTRACE_* are passed to the tests; NETTRACE_VMTEST=1,
-#   NETTRACE_EXPECT_TIER=fentry (unless set) and NETTRACE_BIN are set.
+#   NETTRACE_BIN and NETTRACE_EXPECT_TIER (from VMTEST_EXPECT_TIER, default
+#   fentry: the host's value describes the host's kernel) are set.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -132,11 +133,15 @@ fi
 # Environment of the tests, as sh assignments.
 q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 {
-	echo "export NETTRACE_EXPECT_TIER=fentry"
 	if [ -n "${CI+x}" ]; then echo "export CI=$(q "$CI")"; fi
 	while read -r v; do
-		if [ "$v" != NETTRACE_BIN ]; then echo "export $v=$(q "${!v}")"; fi
+		case "$v" in
+		NETTRACE_BIN | NETTRACE_EXPECT_TIER) ;; # they describe the host, not the VM
+		*) echo "export $v=$(q "${!v}")" ;;
+		esac
 	done < <(compgen -e | grep '^NETTRACE_' || true)
+	# The tier Debian's 6.1 kernel must give (VMTEST_EXPECT_TIER= to check none).
+	echo "export NETTRACE_EXPECT_TIER=$(q "${VMTEST_EXPECT_TIER-fentry}")"
 	echo "export NETTRACE_VMTEST=1"
 	if [ -n "$bin" ]; then echo "export NETTRACE_BIN=$bin"; fi
 	echo "VMTEST_ARGS=$(q "${VMTEST_ARGS:-}") VMTEST_DEADLINE=$((timeout_s * 9 / 10))"
