@@ -37,6 +37,7 @@ struct sock_rec {
 	__u64 ino;         /* socket inode, to find the owning process */
 	__u64 expires;     /* TIME_WAIT and request socks: timer expiry, jiffies */
 	__u64 netns;       /* network namespace inode */
+	__u64 sk;          /* kernel address of the socket, for BPF maps of other tracers */
 };
 
 /* Force the record types into BTF for bpf2go -type. */
@@ -67,6 +68,7 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	r.sport = skc->skc_num;
 	r.dport = bpf_ntohs(skc->skc_dport);
 	r.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	r.sk = (__u64)skc;
 	if (r.family == AF_INET) {
 		r.saddr.v4 = skc->skc_rcv_saddr;
 		r.daddr.v4 = skc->skc_daddr;
@@ -76,12 +78,14 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	}
 
 	if (r.state == TCP_TIME_WAIT) {
-		struct tcp_timewait_sock *tw = bpf_skc_to_tcp_timewait_sock(skc);
+		/* Every timewait socket starts with its sock_common. Not through
+		 * bpf_skc_to_tcp_timewait_sock: on 6.18 it returns NULL for the
+		 * timewait sockets of accepted connections, whose timer and
+		 * substate were then lost. */
+		const struct inet_timewait_sock *tw = (const void *)skc;
 
-		if (tw) {
-			r.expires = BPF_CORE_READ(tw, tw_sk.tw_timer.expires);
-			r.substate = BPF_CORE_READ(tw, tw_sk.tw_substate);
-		}
+		r.expires = BPF_CORE_READ(tw, tw_timer.expires);
+		r.substate = BPF_CORE_READ(tw, tw_substate);
 	} else if (r.state == TCP_NEW_SYN_RECV) {
 		struct tcp_request_sock *req = bpf_skc_to_tcp_request_sock(skc);
 

@@ -60,6 +60,9 @@ type Socket struct {
 	UID        uint32
 	Inode      uint64 // socket inode (0 for TIME_WAIT and request sockets)
 	Netns      uint64 // network namespace inode
+	// Sock is the kernel address of the socket, for BPF programs that read
+	// the socket through a map (the listen tracer); never display it.
+	Sock uint64
 	// Remaining is the time left on the TIME_WAIT (or request socket) timer.
 	Remaining time.Duration
 }
@@ -118,7 +121,7 @@ type rawRec struct {
 	Sport, Dport, Family                           uint16
 	State, Substate                                uint8
 	RxQueue, TxQueue, MaxBacklog, SynQueue, UID, _ uint32
-	Ino, Expires, Netns                            uint64
+	Ino, Expires, Netns, Sock                      uint64
 }
 
 const (
@@ -166,6 +169,9 @@ func (t *Table) Read(nsPath string) (*Snapshot, error) {
 // decode parses the iterator's output. Remaining holds raw expiry jiffies.
 func decode(buf []byte) (header, []Socket, error) {
 	var h header
+	if len(buf) == 0 {
+		return h, nil, nil // no socket: the iterator never ran the program
+	}
 	if len(buf) < hdrSize {
 		return h, nil, fmt.Errorf("decode tcp iterator: %d bytes, want a header", len(buf))
 	}
@@ -175,6 +181,11 @@ func decode(buf []byte) (header, []Socket, error) {
 		return h, nil, fmt.Errorf("decode tcp iterator: bad header (magic %#x, record size %d, want %d)", h.magic, h.recSize, recSize)
 	}
 	buf = buf[hdrSize:]
+	if len(buf)%recSize == hdrSize {
+		// One socket: the final call (no socket) sees seq_num 0 again and
+		// writes a second header.
+		buf = buf[:len(buf)-hdrSize]
+	}
 	if len(buf)%recSize != 0 {
 		return h, nil, fmt.Errorf("decode tcp iterator: %d bytes is not a whole number of records", len(buf))
 	}
@@ -190,6 +201,7 @@ func decode(buf []byte) (header, []Socket, error) {
 			UID:        r.UID,
 			Inode:      r.Ino,
 			Netns:      r.Netns,
+			Sock:       r.Sock,
 			Remaining:  time.Duration(r.Expires),
 		}
 		s.Local = netip.AddrPortFrom(addr(r.Family, r.Saddr), r.Sport)

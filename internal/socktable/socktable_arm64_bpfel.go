@@ -47,6 +47,7 @@ type socktableSockRec struct {
 	Ino        uint64
 	Expires    uint64
 	Netns      uint64
+	Sk         uint64
 }
 
 // Names of all BPF objects in the ELF.

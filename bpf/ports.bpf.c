@@ -1,0 +1,735 @@
+// SPDX-License-Identifier: GPL-2.0
+/* nettrace ports: TCP connect() and ephemeral port allocation, per
+ * destination.
+ *
+ * Every connect attempt gets an entry in `inflight` (keyed by the socket)
+ * from the start of the connect to its outcome. The attempt is counted, with
+ * its synchronous result, when the connect call returns (fexit/kretprobe of
+ * tcp_v{4,6}_connect, or sys_exit_connect); an asynchronous result
+ * (ECONNREFUSED, ETIMEDOUT after EINPROGRESS, or while a blocking connect
+ * sleeps) is counted when the socket leaves SYN_SENT.
+ *
+ * Port allocation latency: fentry/kprobe tiers time __inet_hash_connect
+ * itself. The tracepoint tier times from CLOSE -> SYN_SENT (set just before
+ * the port search) to the first of SYN_SENT -> CLOSE/ESTABLISHED or the
+ * return of connect(): the port search plus sending the SYN. */
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_tracing.h"
+#include "bpf_core_read.h"
+#include "bpf_endian.h"
+#include "common.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EEXIST 17
+#define EADDRNOTAVAIL 99
+#define EISCONN 106
+#define EALREADY 114
+#define EINPROGRESS 115
+/* Kernel-internal: the system call is restarted after a signal handler. */
+#define ERESTARTSYS 512
+#define ERESTARTNOINTR 513
+#define ERESTARTNOHAND 514
+#define ERESTART_RESTARTBLOCK 516
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SOCK_BINDPORT_LOCK 8
+
+#define ERRNO_SLOTS 256
+
+/* Filters, set from Go before loading. */
+const volatile __u32 targ_tgid = 0;  /* 0: every process */
+const volatile __u32 targ_netns = 0; /* network namespace inode; 0: every namespace */
+const volatile char targ_comm[16] = {};
+const volatile __u32 events_on = 0; /* send one event per connect to the ring buffer */
+
+/* Per-destination figures; user space sums the per-CPU copies. */
+struct dest_stats {
+	__u64 connects;
+	__u64 eaddrnotavail;
+	__u64 errors;      /* every other error */
+	__u64 bound_first; /* connects on sockets bound to port 0 before connect() */
+	__u64 lat_max_ns;
+	struct hist lat;   /* port allocation latency, ns */
+};
+
+struct proc_key {
+	struct dest_key dest;
+	__u32 tgid;
+};
+
+struct proc_val {
+	__u64 connects;
+	char comm[16];
+};
+
+#define F_RETURNED 1    /* the connect call returned (EINPROGRESS or started) */
+#define F_DONE 2        /* the socket left SYN_SENT */
+#define F_ERR_COUNTED 4 /* the outcome was an error, counted at the state change */
+#define F_INCALL 8      /* inside tcp_v{4,6}_connect */
+#define F_BOUND0 16     /* the socket had a port from bind(port 0) */
+#define F_RESTART 32    /* connect() interrupted by a signal, to be restarted */
+
+/* One connect attempt in flight. */
+struct conn {
+	struct dest_key dest;
+	__u32 tgid;
+	__u64 start;   /* connect call entry */
+	__u64 ts;      /* port search start */
+	__u64 lat;     /* port allocation latency, ns; 0 until known */
+	__u32 flags;   /* F_*, updated atomically */
+	__s32 outcome; /* errno seen at the state change; 0 = established */
+	__u32 fn;      /* 4 or 6: which tcp_vN_connect opened it (fentry/kprobe) */
+	__u32 pad;
+	char comm[16];
+};
+
+/* A connect() system call in progress on a thread (tracepoint and kprobe tiers). */
+struct call {
+	__u64 sk;
+	__u32 repoll; /* connect() again on a socket already connecting */
+	__u32 pad;
+};
+
+/* One connect for --events. */
+struct event {
+	__u64 ts_ns; /* CLOCK_MONOTONIC at the outcome */
+	__u64 lat_ns;
+	__u64 connect_ns; /* connect call entry to outcome */
+	struct dest_key dest;
+	union addr saddr;
+	__u16 sport;
+	__u16 family;
+	__u32 tgid;
+	__s32 err; /* 0, or the errno of the outcome */
+	__u32 flags;
+	char comm[16];
+};
+
+enum drop_index {
+	DROP_DESTS,
+	DROP_PROCS,
+	DROP_INFLIGHT,
+	DROP_CALLS,
+	DROP_EVENTS,
+	DROP_SLOTS,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct dest_key);
+	__type(value, struct dest_stats);
+} dests SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct proc_key);
+	__type(value, struct proc_val);
+} procs SEC(".maps");
+
+/* LRU: an attempt whose end is never seen (a connect() interrupted for good
+ * by a signal) must not hold its slot forever. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct conn);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct call);
+} calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ERRNO_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} errnos SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* Force the event types into BTF for bpf2go. */
+const struct event *unused_event __attribute__((unused));
+const struct proc_key *unused_proc_key __attribute__((unused));
+
+static const struct dest_stats zero_stats;
+static const struct proc_val zero_proc;
+
+static __always_inline void drop(__u32 i)
+{
+	__u64 *v = bpf_map_lookup_elem(&drops, &i);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline bool pass_task(void)
+{
+	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return false;
+	if (targ_comm[0]) {
+		char comm[16];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < 16; i++) {
+			if (comm[i] != targ_comm[i])
+				return false;
+			if (!comm[i])
+				break;
+		}
+	}
+	return true;
+}
+
+static __always_inline bool pass_sock(const struct sock *sk)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return false;
+	if (BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return false;
+	if (targ_netns && BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != targ_netns)
+		return false;
+	return true;
+}
+
+/* read_dest fills d from a sockaddr in user or kernel memory; non-zero for
+ * anything but AF_INET and AF_INET6. */
+static __always_inline int read_dest(struct dest_key *d, const void *sa, bool user)
+{
+	struct {
+		__u16 family;
+		__u16 port;
+		__u32 v4_or_flowinfo;
+	} head;
+	long err;
+
+	if (user)
+		err = bpf_probe_read_user(&head, sizeof(head), sa);
+	else
+		err = bpf_probe_read_kernel(&head, sizeof(head), sa);
+	if (err)
+		return -1;
+	d->dport = bpf_ntohs(head.port);
+	d->family = head.family;
+	if (head.family == AF_INET) {
+		d->daddr.v4 = head.v4_or_flowinfo;
+		return 0;
+	}
+	if (head.family != AF_INET6)
+		return -1;
+	if (user)
+		err = bpf_probe_read_user(d->daddr.v6, 16, sa + 8);
+	else
+		err = bpf_probe_read_kernel(d->daddr.v6, 16, sa + 8);
+	return err ? -1 : 0;
+}
+
+static __always_inline bool bound_port0(const struct sock *sk)
+{
+	__u16 num = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u8 locks = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks);
+
+	return num && !(locks & SOCK_BINDPORT_LOCK);
+}
+
+/* begin opens the in-flight entry of a connect on sk. */
+static __always_inline int begin(__u64 skp, const struct sock *sk, const void *uaddr, bool user, __u32 fn)
+{
+	struct conn c = {};
+
+	if (read_dest(&c.dest, uaddr, user))
+		return -1;
+	c.tgid = bpf_get_current_pid_tgid() >> 32;
+	c.start = bpf_ktime_get_ns();
+	c.fn = fn;
+	c.flags = F_INCALL;
+	if (bound_port0(sk))
+		c.flags |= F_BOUND0;
+	if (events_on)
+		bpf_get_current_comm(c.comm, sizeof(c.comm));
+	if (bpf_map_update_elem(&inflight, &skp, &c, BPF_ANY)) {
+		drop(DROP_INFLIGHT);
+		return -1;
+	}
+	return 0;
+}
+
+static __always_inline struct dest_stats *dest_get(const struct dest_key *k)
+{
+	struct dest_stats *s = bpf_map_lookup_elem(&dests, k);
+	long err;
+
+	if (s)
+		return s;
+	err = bpf_map_update_elem(&dests, k, &zero_stats, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
+		drop(DROP_DESTS);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&dests, k);
+}
+
+static __always_inline void count_errno(struct dest_stats *s, int err)
+{
+	__u32 slot = err < ERRNO_SLOTS ? err : ERRNO_SLOTS - 1;
+	__u64 *v;
+
+	if (s) {
+		if (err == EADDRNOTAVAIL)
+			s->eaddrnotavail++;
+		else
+			s->errors++;
+	}
+	v = bpf_map_lookup_elem(&errnos, &slot);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline void count_proc(const struct conn *e)
+{
+	struct proc_key k = {.dest = e->dest, .tgid = e->tgid};
+	struct proc_val *v = bpf_map_lookup_elem(&procs, &k);
+	long err;
+
+	if (!v) {
+		err = bpf_map_update_elem(&procs, &k, &zero_proc, BPF_NOEXIST);
+		if (err && err != -EEXIST) {
+			drop(DROP_PROCS);
+			return;
+		}
+		v = bpf_map_lookup_elem(&procs, &k);
+		if (!v)
+			return;
+		bpf_get_current_comm(v->comm, sizeof(v->comm));
+	}
+	v->connects++;
+}
+
+static __always_inline void emit(const struct conn *e, const struct sock *sk, int err)
+{
+	struct event *ev;
+	__u64 now;
+
+	if (!events_on)
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		drop(DROP_EVENTS);
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	ev->ts_ns = now;
+	ev->lat_ns = e->lat;
+	ev->connect_ns = now - e->start;
+	ev->dest = e->dest;
+	ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	ev->saddr.v6[0] = 0;
+	if (ev->family == AF_INET6)
+		BPF_CORE_READ_INTO(&ev->saddr.v6, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	else
+		ev->saddr.v4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->tgid = e->tgid;
+	ev->err = err;
+	ev->flags = e->flags;
+	__builtin_memcpy(ev->comm, e->comm, sizeof(ev->comm));
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* finish counts a connect call that returned ret, in the caller's context. */
+static __always_inline int finish(__u64 skp, long ret)
+{
+	const struct sock *sk = (const struct sock *)skp;
+	struct dest_stats *s;
+	struct conn *e;
+	int err = ret < 0 ? -ret : 0;
+	__u32 old;
+
+	e = bpf_map_lookup_elem(&inflight, &skp);
+	if (!e)
+		return 0;
+	if (err == EALREADY || err == EISCONN) {
+		/* Not a new attempt. */
+		bpf_map_delete_elem(&inflight, &skp);
+		return 0;
+	}
+	if (e->ts && !e->lat)
+		e->lat = bpf_ktime_get_ns() - e->ts;
+	s = dest_get(&e->dest);
+	if (s) {
+		s->connects++;
+		if (e->flags & F_BOUND0)
+			s->bound_first++;
+		if (e->ts) {
+			hist_add(&s->lat, e->lat);
+			if (e->lat > s->lat_max_ns)
+				s->lat_max_ns = e->lat;
+		}
+	}
+	if (err && err != EINPROGRESS && !(e->flags & F_ERR_COUNTED))
+		count_errno(s, err);
+	count_proc(e);
+	if (err == 0 || err == EINPROGRESS) {
+		/* Exactly one of this and the state change sees the other's flag. */
+		old = __sync_fetch_and_or(&e->flags, F_RETURNED);
+		if (!(old & F_DONE))
+			return 0;
+		err = e->outcome;
+	}
+	emit(e, sk, err);
+	bpf_map_delete_elem(&inflight, &skp);
+	return 0;
+}
+
+static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	__u64 skp = (__u64)sk;
+	struct dest_stats *s;
+	struct conn *e;
+	__u32 old;
+	int err;
+
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		e = bpf_map_lookup_elem(&inflight, &skp);
+		if (e && !e->ts)
+			e->ts = bpf_ktime_get_ns();
+		return 0;
+	}
+	if (oldstate != TCP_SYN_SENT)
+		return 0;
+	e = bpf_map_lookup_elem(&inflight, &skp);
+	if (!e)
+		return 0;
+	if (e->ts && !e->lat)
+		e->lat = bpf_ktime_get_ns() - e->ts;
+	if (newstate == TCP_CLOSE) {
+		err = BPF_CORE_READ(sk, sk_err);
+		if (!err) {
+			/* Inside connect: the port search or the SYN failed, and
+			 * connect returns the error. After it returned: closed by
+			 * its owner before an answer. */
+			if (e->flags & F_RETURNED)
+				bpf_map_delete_elem(&inflight, &skp);
+			return 0;
+		}
+		s = dest_get(&e->dest);
+		count_errno(s, err);
+		e->outcome = err;
+		old = __sync_fetch_and_or(&e->flags, F_ERR_COUNTED | F_DONE);
+	} else {
+		old = __sync_fetch_and_or(&e->flags, F_DONE);
+		err = 0;
+	}
+	if (old & F_RETURNED) {
+		emit(e, sk, err);
+		bpf_map_delete_elem(&inflight, &skp);
+	}
+	return 0;
+}
+
+/* ---- state: socket state changes, every tier ---- */
+
+SEC("fentry/tcp_set_state")
+int BPF_PROG(state_fentry, struct sock *sk, int state)
+{
+	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+}
+
+SEC("kprobe/tcp_set_state")
+int BPF_KPROBE(state_kprobe, struct sock *sk, int state)
+{
+	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(state_tp_btf, const struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return on_state(sk, oldstate, newstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(state_raw_tp, const struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return on_state(sk, oldstate, newstate);
+}
+
+/* ---- connect: fentry tier ---- */
+
+static __always_inline int fn_begin(struct sock *sk, const struct sockaddr *uaddr, __u32 fn)
+{
+	__u64 skp = (__u64)sk;
+	struct conn *e;
+
+	if (!pass_task() || !pass_sock(sk))
+		return 0;
+	e = bpf_map_lookup_elem(&inflight, &skp);
+	if (e && (e->flags & F_INCALL))
+		return 0; /* tcp_v4_connect inside tcp_v6_connect (v4-mapped) */
+	begin(skp, sk, uaddr, false, fn);
+	return 0;
+}
+
+/* fn_end reports whether the entry belonged to this call. */
+static __always_inline bool fn_end(__u64 skp, long ret, __u32 fn)
+{
+	struct conn *e = bpf_map_lookup_elem(&inflight, &skp);
+
+	if (!e || e->fn != fn || !(e->flags & F_INCALL))
+		return !e;
+	__sync_fetch_and_and(&e->flags, ~F_INCALL);
+	finish(skp, ret);
+	return true;
+}
+
+SEC("fentry/tcp_v4_connect")
+int BPF_PROG(connect4_fentry, struct sock *sk, struct sockaddr *uaddr)
+{
+	return fn_begin(sk, uaddr, 4);
+}
+
+SEC("fexit/tcp_v4_connect")
+int BPF_PROG(connect4_fexit, struct sock *sk, struct sockaddr *uaddr, int addr_len, int ret)
+{
+	fn_end((__u64)sk, ret, 4);
+	return 0;
+}
+
+SEC("fentry/tcp_v6_connect")
+int BPF_PROG(connect6_fentry, struct sock *sk, struct sockaddr *uaddr)
+{
+	return fn_begin(sk, uaddr, 6);
+}
+
+SEC("fexit/tcp_v6_connect")
+int BPF_PROG(connect6_fexit, struct sock *sk, struct sockaddr *uaddr, int addr_len, int ret)
+{
+	fn_end((__u64)sk, ret, 6);
+	return 0;
+}
+
+static __always_inline void hash_begin(__u64 skp)
+{
+	struct conn *e = bpf_map_lookup_elem(&inflight, &skp);
+
+	if (e)
+		e->ts = bpf_ktime_get_ns();
+}
+
+static __always_inline void hash_end(__u64 skp)
+{
+	struct conn *e = bpf_map_lookup_elem(&inflight, &skp);
+
+	if (e && e->ts)
+		e->lat = bpf_ktime_get_ns() - e->ts;
+}
+
+/* __inet_hash_connect(death_row, sk, port_offset, ...): its argument list
+ * changed across kernels, the first two did not. */
+SEC("fentry/__inet_hash_connect")
+int BPF_PROG(hash_fentry, void *death_row, struct sock *sk)
+{
+	hash_begin((__u64)sk);
+	return 0;
+}
+
+SEC("fexit/__inet_hash_connect")
+int BPF_PROG(hash_fexit, void *death_row, struct sock *sk)
+{
+	hash_end((__u64)sk);
+	return 0;
+}
+
+/* ---- connect: kprobe tier ---- */
+
+static __always_inline int kp_begin(struct sock *sk, const struct sockaddr *uaddr, __u32 fn)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct call c = {.sk = (__u64)sk};
+
+	if (!pass_task() || !pass_sock(sk))
+		return 0;
+	if (bpf_map_update_elem(&calls, &tid, &c, BPF_ANY)) {
+		drop(DROP_CALLS);
+		return 0;
+	}
+	return fn_begin(sk, uaddr, fn);
+}
+
+static __always_inline int kp_end(long ret, __u32 fn)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &tid);
+
+	if (!c)
+		return 0;
+	if (fn_end(c->sk, ret, fn))
+		bpf_map_delete_elem(&calls, &tid);
+	return 0;
+}
+
+SEC("kprobe/tcp_v4_connect")
+int BPF_KPROBE(connect4_kprobe, struct sock *sk, struct sockaddr *uaddr)
+{
+	return kp_begin(sk, uaddr, 4);
+}
+
+SEC("kretprobe/tcp_v4_connect")
+int BPF_KRETPROBE(connect4_kretprobe, int ret)
+{
+	return kp_end(ret, 4);
+}
+
+SEC("kprobe/tcp_v6_connect")
+int BPF_KPROBE(connect6_kprobe, struct sock *sk, struct sockaddr *uaddr)
+{
+	return kp_begin(sk, uaddr, 6);
+}
+
+SEC("kretprobe/tcp_v6_connect")
+int BPF_KRETPROBE(connect6_kretprobe, int ret)
+{
+	return kp_end(ret, 6);
+}
+
+SEC("kprobe/__inet_hash_connect")
+int BPF_KPROBE(hash_kprobe, void *death_row, struct sock *sk)
+{
+	hash_begin((__u64)sk);
+	return 0;
+}
+
+SEC("kretprobe/__inet_hash_connect")
+int BPF_KRETPROBE(hash_kretprobe)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &tid);
+
+	if (c)
+		hash_end(c->sk);
+	return 0;
+}
+
+/* ---- connect: tracepoint tier (connect system call) ---- */
+
+static __always_inline struct sock *fd_sock(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = NULL;
+	struct socket *sock;
+	umode_t mode;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	return BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline int sys_begin(int fd, const void *uaddr)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct call c = {};
+	__u16 family = 0;
+	struct conn *e;
+	struct sock *sk;
+
+	if (!pass_task())
+		return 0;
+	/* Cheap test first: AF_UNIX and AF_UNSPEC connects are not for us. */
+	if (bpf_probe_read_user(&family, sizeof(family), uaddr) || (family != AF_INET && family != AF_INET6))
+		return 0;
+	sk = fd_sock(fd);
+	if (!sk || !pass_sock(sk))
+		return 0;
+	c.sk = (__u64)sk;
+	e = bpf_map_lookup_elem(&inflight, &c.sk);
+	if (e && (e->flags & F_RESTART))
+		__sync_fetch_and_and(&e->flags, ~F_RESTART); /* the same call, restarted */
+	else if (e)
+		c.repoll = 1;
+	else if (begin(c.sk, sk, uaddr, true, 0))
+		return 0;
+	if (bpf_map_update_elem(&calls, &tid, &c, BPF_ANY))
+		drop(DROP_CALLS);
+	return 0;
+}
+
+static __always_inline int sys_end(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct call *cp = bpf_map_lookup_elem(&calls, &tid);
+	struct conn *e;
+	struct call c;
+
+	if (!cp)
+		return 0;
+	c = *cp;
+	bpf_map_delete_elem(&calls, &tid);
+	if (c.repoll)
+		return 0;
+	if (ret == -ERESTARTSYS || ret == -ERESTARTNOINTR || ret == -ERESTARTNOHAND || ret == -ERESTART_RESTARTBLOCK) {
+		/* A signal interrupted the wait; the call is restarted. */
+		e = bpf_map_lookup_elem(&inflight, &c.sk);
+		if (e)
+			__sync_fetch_and_or(&e->flags, F_RESTART);
+		return 0;
+	}
+	return finish(c.sk, ret);
+}
+
+struct sys_enter_connect_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 fd;
+	__u64 uservaddr;
+	__u64 addrlen;
+};
+
+struct sys_exit_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(struct sys_enter_connect_args *ctx)
+{
+	return sys_begin((int)ctx->fd, (const void *)ctx->uservaddr);
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct sys_exit_args *ctx)
+{
+	return sys_end(ctx->ret);
+}

@@ -1,0 +1,322 @@
+// Package ports traces TCP connect() and ephemeral port allocation per
+// destination: connects, errors by errno, the time the kernel spends finding
+// a local port, and the local ports each destination holds (from the socket
+// table) against ip_local_port_range.
+package ports
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/nettrace/nettrace/internal/attach"
+	"github.com/nettrace/nettrace/internal/hist"
+	"github.com/nettrace/nettrace/internal/kernel"
+	"github.com/nettrace/nettrace/internal/netns"
+	"github.com/nettrace/nettrace/internal/socktable"
+)
+
+// Hooks are the connect hook (where a connect starts and returns, and the
+// port search) and the state hook (the outcome of a connect that returned
+// EINPROGRESS or slept), each best first.
+var Hooks = []attach.Hook{
+	{
+		Name: "connect",
+		Alternatives: []attach.Alternative{
+			{Tier: attach.Fentry, Programs: []string{"connect4_fentry", "connect4_fexit", "connect6_fentry", "connect6_fexit", "hash_fentry", "hash_fexit"}},
+			{Tier: attach.Kprobe, Programs: []string{"connect4_kprobe", "connect4_kretprobe", "connect6_kprobe", "connect6_kretprobe", "hash_kprobe", "hash_kretprobe"},
+				GivesUp: "nothing measured differently; about twice the cost per call"},
+			{Tier: attach.Tracepoint, Programs: []string{"sys_enter_connect", "sys_exit_connect"},
+				GivesUp: "the port search is not timed alone: latency is SYN_SENT until connect() returns (port search plus sending the SYN)"},
+		},
+	},
+	{
+		Name: "state",
+		Alternatives: []attach.Alternative{
+			{Tier: attach.Fentry, Programs: []string{"state_fentry"}},
+			{Tier: attach.Kprobe, Programs: []string{"state_kprobe"}, GivesUp: "about twice the cost per call"},
+			{Tier: attach.Tracepoint, Programs: []string{"state_tp_btf"}},
+			{Tier: attach.Tracepoint, Programs: []string{"state_raw_tp"}, GivesUp: "reads the socket with probe_read"},
+		},
+	},
+}
+
+func init() {
+	attach.Register(attach.TracerInfo{
+		Name: "ports", Summary: "connect() and ephemeral port allocation per destination",
+		Spec: loadPorts, Hooks: Hooks, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
+	})
+}
+
+// Latency names what the latency figures measure in each tier.
+const (
+	LatencyHashConnect = "inet_hash_connect"  // fentry, kprobe: time inside the port search
+	LatencySynSent     = "syn_sent_to_return" // tracepoint: SYN_SENT until connect() returns or the socket leaves SYN_SENT
+)
+
+// Options select what New traces.
+type Options struct {
+	PID    int         // only this process (0: every process)
+	Comm   string      // only tasks with this command name (15 characters at most)
+	Netns  string      // network namespace file; "" = nettrace's own
+	Dst    Filter      // destinations to show (applied to rows and events)
+	Tier   attach.Tier // force an attach tier
+	Events bool        // send one event per connect (see Events)
+}
+
+// Tracer traces connects in one network namespace.
+type Tracer struct {
+	opts    Options
+	objs    *attach.Objects
+	tab     *socktable.Table
+	netnsID uint64
+	events  *eventReader
+	prev    *Snapshot
+	start   time.Time
+}
+
+// New loads and attaches the tracer and the socket table.
+func New(opts Options) (_ *Tracer, err error) {
+	if len(opts.Comm) > 15 {
+		return nil, fmt.Errorf("filter command %q: the kernel keeps 15 characters", opts.Comm)
+	}
+	id, err := netns.ID(opts.Netns)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := loadPorts()
+	if err != nil {
+		return nil, fmt.Errorf("load ports spec: %w", err)
+	}
+	var comm [16]byte
+	copy(comm[:], opts.Comm)
+	events := uint32(0)
+	if opts.Events {
+		events = 1
+	}
+	t := &Tracer{opts: opts, netnsID: id, start: time.Now()}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+	t.objs, err = attach.Load(spec, Hooks, attach.Options{
+		Tier: opts.Tier,
+		Constants: map[string]any{
+			"targ_tgid":  uint32(opts.PID),
+			"targ_netns": uint32(id),
+			"targ_comm":  comm,
+			"events_on":  events,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.tab, err = socktable.New()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Events {
+		t.events, err = newEventReader(t.objs.Maps["events"], opts.Dst)
+		if err != nil {
+			return nil, err
+		}
+	}
+	t.prev, err = t.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Close detaches everything.
+func (t *Tracer) Close() error {
+	var errs []error
+	if t.events != nil {
+		errs = append(errs, t.events.Close())
+	}
+	if t.tab != nil {
+		errs = append(errs, t.tab.Close())
+	}
+	if t.objs != nil {
+		errs = append(errs, t.objs.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Choices reports how each hook was attached.
+func (t *Tracer) Choices() []attach.Choice { return t.objs.Choices }
+
+// Latency names what the latency figures measure with the tier in use:
+// LatencyHashConnect or LatencySynSent.
+func (t *Tracer) Latency() string {
+	if c, ok := t.objs.Choice("connect"); ok && c.Tier == attach.Tracepoint {
+		return LatencySynSent
+	}
+	return LatencyHashConnect
+}
+
+// Counts are one destination's cumulative figures.
+type Counts struct {
+	Connects     uint64    // connect attempts that reached TCP
+	AddrNotAvail uint64    // of which failed with EADDRNOTAVAIL (no free local port)
+	Errors       uint64    // of which failed with any other error
+	BoundFirst   uint64    // attempts on sockets bound to port 0 before connect()
+	Latency      hist.Log2 // port allocation latency in ns (see Tracer.Latency)
+	MaxNS        uint64    // largest latency seen since the start
+}
+
+// Proc is one process's connects to a destination.
+type Proc struct {
+	PID      int
+	Comm     string
+	Connects uint64
+}
+
+// Drops count what the kernel side could not record, by map.
+type Drops struct {
+	Dests, Procs, Inflight, Calls, Events uint64
+}
+
+// Total is the sum of all drops.
+func (d Drops) Total() uint64 { return d.Dests + d.Procs + d.Inflight + d.Calls + d.Events }
+
+// Snapshot is one read of the cumulative counters.
+type Snapshot struct {
+	Time   time.Time
+	Dests  map[netip.AddrPort]*Counts
+	Procs  map[netip.AddrPort][]Proc
+	Errnos map[syscall.Errno]uint64
+	Drops  Drops
+}
+
+// destKey mirrors struct dest_key in bpf/headers/common.h.
+type destKey struct {
+	Addr   [16]byte
+	Port   uint16
+	Family uint16
+}
+
+func (k destKey) addrPort() netip.AddrPort {
+	var a netip.Addr
+	if k.Family == syscall.AF_INET {
+		a = netip.AddrFrom4([4]byte(k.Addr[:4]))
+	} else {
+		a = netip.AddrFrom16(k.Addr).Unmap()
+	}
+	return netip.AddrPortFrom(a, k.Port)
+}
+
+// procKey mirrors struct proc_key.
+type procKey struct {
+	Dest destKey
+	TGID uint32
+}
+
+// Snapshot reads the cumulative counters.
+func (t *Tracer) Snapshot() (*Snapshot, error) {
+	s := &Snapshot{
+		Time:   time.Now(),
+		Dests:  map[netip.AddrPort]*Counts{},
+		Procs:  map[netip.AddrPort][]Proc{},
+		Errnos: map[syscall.Errno]uint64{},
+	}
+	var (
+		k     destKey
+		stats []portsDestStats
+	)
+	it := t.objs.Maps["dests"].Iterate()
+	for it.Next(&k, &stats) {
+		c := &Counts{}
+		for _, v := range stats {
+			c.Connects += v.Connects
+			c.AddrNotAvail += v.Eaddrnotavail
+			c.Errors += v.Errors
+			c.BoundFirst += v.BoundFirst
+			c.MaxNS = max(c.MaxNS, v.LatMaxNs)
+			for i, n := range v.Lat.Slots {
+				c.Latency.Slots[i] += n
+			}
+		}
+		ap := k.addrPort()
+		if o := s.Dests[ap]; o != nil { // an IPv4 destination reached from IPv4 and IPv6 sockets
+			o.Connects += c.Connects
+			o.AddrNotAvail += c.AddrNotAvail
+			o.Errors += c.Errors
+			o.BoundFirst += c.BoundFirst
+			o.MaxNS = max(o.MaxNS, c.MaxNS)
+			o.Latency.Add(&c.Latency)
+			continue
+		}
+		s.Dests[ap] = c
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read dests map: %w", err)
+	}
+
+	var (
+		pk    procKey
+		procs []portsProcVal
+	)
+	it = t.objs.Maps["procs"].Iterate()
+	for it.Next(&pk, &procs) {
+		p := Proc{PID: int(pk.TGID)}
+		for _, v := range procs {
+			p.Connects += v.Connects
+			if p.Comm == "" && v.Comm[0] != 0 {
+				p.Comm = cString(v.Comm[:])
+			}
+		}
+		ap := pk.Dest.addrPort()
+		s.Procs[ap] = append(s.Procs[ap], p)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read procs map: %w", err)
+	}
+
+	perCPU, err := readArray(t.objs.Maps["errnos"])
+	if err != nil {
+		return nil, fmt.Errorf("read errnos map: %w", err)
+	}
+	for e, n := range perCPU {
+		if n > 0 {
+			s.Errnos[syscall.Errno(e)] = n
+		}
+	}
+	d, err := readArray(t.objs.Maps["drops"])
+	if err != nil {
+		return nil, fmt.Errorf("read drops map: %w", err)
+	}
+	s.Drops = Drops{Dests: d[0], Procs: d[1], Inflight: d[2], Calls: d[3], Events: d[4]}
+	return s, nil
+}
+
+// readArray sums a per-CPU array of u64 counters.
+func readArray(m *ebpf.Map) ([]uint64, error) {
+	out := make([]uint64, m.MaxEntries())
+	var vals []uint64
+	for i := range out {
+		if err := m.Lookup(uint32(i), &vals); err != nil {
+			return nil, err
+		}
+		for _, v := range vals {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+func cString(b []int8) string {
+	buf := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		buf = append(buf, byte(c))
+	}
+	return string(buf)
+}
