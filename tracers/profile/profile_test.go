@@ -1,0 +1,366 @@
+package profile
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	pprofile "github.com/google/pprof/profile"
+
+	"github.com/nettrace/nettrace/flamegraph"
+	"github.com/nettrace/nettrace/internal/attach"
+	"github.com/nettrace/nettrace/internal/testutil"
+)
+
+// The test binary doubles as the Go CPU burner: with NETTRACE_PROFILE_HELPER
+// set it runs goSpin (or goReadZero) instead of the tests.
+func TestMain(m *testing.M) {
+	switch os.Getenv("NETTRACE_PROFILE_HELPER") {
+	case "spin":
+		goSpin(time.Now().Add(30 * time.Second))
+		os.Exit(0)
+	case "spin-briefly":
+		goSpin(time.Now().Add(time.Second))
+		os.Exit(0)
+	case "spin-then-exec":
+		// Spin, then exec the program in NETTRACE_PROFILE_EXEC.
+		goSpin(time.Now().Add(400 * time.Millisecond))
+		bin := os.Getenv("NETTRACE_PROFILE_EXEC")
+		syscall.Exec(bin, []string{bin, "spin", "1.5"}, os.Environ())
+		os.Exit(1)
+	case "syscalls":
+		goReadZero(time.Now().Add(30 * time.Second))
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+var sink uint64
+
+//go:noinline
+func goSpin(until time.Time) {
+	for time.Now().Before(until) {
+		for i := uint64(0); i < 1_000_000; i++ {
+			sink += i * i
+		}
+	}
+}
+
+//go:noinline
+func goReadZero(until time.Time) {
+	f, err := os.Open("/dev/zero")
+	if err != nil {
+		os.Exit(1)
+	}
+	buf := make([]byte, 1<<20)
+	for time.Now().Before(until) {
+		if _, err := f.Read(buf); err != nil {
+			os.Exit(1)
+		}
+	}
+}
+
+// startHelper starts cmd and kills it at the end of the test.
+func startHelper(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	time.Sleep(100 * time.Millisecond) // past exec and the dynamic loader
+	return cmd.Process.Pid
+}
+
+func goHelper(t *testing.T, mode string) int {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "NETTRACE_PROFILE_HELPER="+mode)
+	return startHelper(t, cmd)
+}
+
+// buildC compiles testdata/spin.c with gcc.
+func buildC(t *testing.T, name string, flags ...string) string {
+	t.Helper()
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("needs gcc to build the C test program")
+	}
+	out := filepath.Join(t.TempDir(), name)
+	args := append([]string{"-O2", "-fno-omit-frame-pointer", "-o", out, "testdata/spin.c"}, flags...)
+	if b, err := exec.Command(gcc, args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc %v: %v\n%s", args, err, b)
+	}
+	return out
+}
+
+// profilePID samples one process for d at a high rate.
+func profilePID(t *testing.T, pid int, d time.Duration) *Profile {
+	t.Helper()
+	tr, err := New(Options{PID: pid, Frequency: 499})
+	if err != nil {
+		t.Fatalf("New: %+v", err)
+	}
+	defer tr.Close()
+	time.Sleep(d)
+	p, err := tr.Profile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// share returns the fraction of samples whose stack has a frame for which
+// match is true, and a description of the top stacks for failures.
+func share(p *Profile, match func(string) bool) (float64, string) {
+	var hit, all uint64
+	for _, s := range p.Samples {
+		all += s.Count
+		for _, f := range s.Frames() {
+			if match(f) {
+				hit += s.Count
+				break
+			}
+		}
+	}
+	var b bytes.Buffer
+	p.Tree().WriteFolded(&b)
+	desc := b.String()
+	if len(desc) > 3000 {
+		desc = desc[:3000]
+	}
+	if all == 0 {
+		return 0, "no samples"
+	}
+	return float64(hit) / float64(all), desc
+}
+
+func leafIs(name string) func(string) bool {
+	return func(f string) bool { return f == name || strings.HasSuffix(f, "."+name) }
+}
+
+// checkOutputs asserts that fn holds most samples in the pprof, folded and
+// SVG outputs too.
+func checkOutputs(t *testing.T, p *Profile, fn string) {
+	t.Helper()
+	// pprof: write, parse back, check validity, labels and sample types.
+	var buf bytes.Buffer
+	if err := p.Pprof().Write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	pp, err := pprofile.Parse(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pp.CheckValid(); err != nil {
+		t.Fatal(err)
+	}
+	if len(pp.SampleType) != 2 || pp.SampleType[0].Type != "samples" || pp.SampleType[1].Type != "cpu" || pp.SampleType[1].Unit != "nanoseconds" {
+		t.Fatalf("sample types %v", pp.SampleType)
+	}
+	var in, all int64
+	for _, s := range pp.Sample {
+		for _, l := range []string{"comm", "thread", "cpu"} {
+			if len(s.Label[l]) != 1 {
+				t.Fatalf("sample without label %s: %v", l, s.Label)
+			}
+		}
+		for _, l := range []string{"pid", "tid"} {
+			if len(s.NumLabel[l]) != 1 {
+				t.Fatalf("sample without numeric label %s: %v", l, s.NumLabel)
+			}
+		}
+		all += s.Value[0]
+		for _, loc := range s.Location {
+			if strings.HasSuffix(loc.Line[0].Function.Name, fn) {
+				in += s.Value[0]
+				break
+			}
+		}
+	}
+	if all == 0 || float64(in)/float64(all) < 0.5 {
+		t.Errorf("pprof: %s in %d of %d samples", fn, in, all)
+	}
+	// Folded: parse back.
+	buf.Reset()
+	if err := p.Tree().WriteFolded(&buf); err != nil {
+		t.Fatal(err)
+	}
+	tree, err := flamegraph.ParseFolded(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fin int64
+	for _, s := range tree.Stacks() {
+		for _, f := range s.Frames {
+			if strings.HasSuffix(f, fn) {
+				fin += s.Count
+				break
+			}
+		}
+	}
+	if float64(fin)/float64(tree.Total()) < 0.5 {
+		t.Errorf("folded: %s in %d of %d samples", fn, fin, tree.Total())
+	}
+	// SVG: the frame is drawn with its share in the title.
+	buf.Reset()
+	if err := tree.WriteSVG(&buf, flamegraph.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), fn) {
+		t.Errorf("SVG has no frame %s", fn)
+	}
+}
+
+func TestGoSpin(t *testing.T) {
+	testutil.RequireBPF(t)
+	pid := goHelper(t, "spin")
+	p := profilePID(t, pid, 2*time.Second)
+	sh, desc := share(p, leafIs("goSpin"))
+	t.Logf("%d samples, goSpin in %.0f%%", p.Total(), 100*sh)
+	if p.Total() < 50 || sh < 0.5 {
+		t.Fatalf("goSpin holds %.0f%% of %d samples, want most:\n%s", 100*sh, p.Total(), desc)
+	}
+	for _, s := range p.Samples {
+		if s.PID != pid {
+			t.Fatalf("sample of pid %d, filtered to %d", s.PID, pid)
+		}
+	}
+	checkOutputs(t, p, "goSpin")
+}
+
+// TestExitedProcess profiles a process that exits a second into the
+// profile: its symbols were read at its first sample, so it is still named.
+func TestExitedProcess(t *testing.T) {
+	testutil.RequireBPF(t)
+	tr, err := New(Options{Frequency: 499})
+	if err != nil {
+		t.Fatalf("New: %+v", err)
+	}
+	defer tr.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "NETTRACE_PROFILE_HELPER=spin-briefly")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	time.Sleep(200 * time.Millisecond)
+	p, err := tr.Profile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine, named uint64
+	for _, s := range p.Samples {
+		if s.PID != pid {
+			continue
+		}
+		mine += s.Count
+		if len(s.User) > 0 && strings.HasSuffix(s.User[0].Func, ".goSpin") {
+			named += s.Count
+		}
+	}
+	t.Logf("exited process: %d samples, %d in goSpin", mine, named)
+	if mine < 50 || float64(named)/float64(mine) < 0.5 {
+		t.Fatalf("exited process: goSpin named in %d of %d samples", named, mine)
+	}
+}
+
+// TestExec profiles a Go process that execs a C program: the exec hook makes
+// its next sample announce it again, so the C program's frames are named from
+// its own mappings, not the Go binary's.
+func TestExec(t *testing.T) {
+	testutil.RequireBPF(t)
+	bin := buildC(t, "spin-exec", "-pie", "-fPIE")
+	tr, err := New(Options{Frequency: 499})
+	if err != nil {
+		t.Fatalf("New: %+v", err)
+	}
+	defer tr.Close()
+	if c, ok := tr.objs.Choice("exec"); !ok || c.Tier != attach.Tracepoint {
+		t.Fatalf("exec hook: %+v", c)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "NETTRACE_PROFILE_HELPER=spin-then-exec", "NETTRACE_PROFILE_EXEC="+bin)
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := tr.Profile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine, c uint64
+	for _, s := range p.Samples {
+		if s.PID != cmd.Process.Pid {
+			continue
+		}
+		mine += s.Count
+		if len(s.User) > 0 && s.User[0].Func == "nettrace_spin_c" {
+			c += s.Count
+		}
+	}
+	t.Logf("%d samples, %d in nettrace_spin_c after exec", mine, c)
+	if mine < 50 || float64(c)/float64(mine) < 0.5 {
+		t.Fatalf("nettrace_spin_c named in %d of %d samples", c, mine)
+	}
+}
+
+func TestCSpin(t *testing.T) {
+	testutil.RequireBPF(t)
+	for _, tc := range []struct {
+		name  string
+		flags []string
+	}{
+		{"frame-pointers", []string{"-no-pie"}},
+		{"stripped-pie", []string{"-pie", "-fPIE", "-rdynamic", "-s"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bin := buildC(t, "spin-"+tc.name, tc.flags...)
+			pid := startHelper(t, exec.Command(bin, "spin", "30"))
+			p := profilePID(t, pid, 2*time.Second)
+			sh, desc := share(p, leafIs("nettrace_spin_c"))
+			t.Logf("%d samples, nettrace_spin_c in %.0f%%", p.Total(), 100*sh)
+			if p.Total() < 50 || sh < 0.5 {
+				t.Fatalf("nettrace_spin_c holds %.0f%% of %d samples, want most:\n%s", 100*sh, p.Total(), desc)
+			}
+			checkOutputs(t, p, "nettrace_spin_c")
+		})
+	}
+}
+
+func TestKernelFrames(t *testing.T) {
+	testutil.RequireBPF(t)
+	pid := goHelper(t, "syscalls")
+	p := profilePID(t, pid, 2*time.Second)
+	if p.KernelRestricted {
+		t.Skip("kallsyms is restricted")
+	}
+	kern, desc := share(p, func(f string) bool { return strings.HasSuffix(f, "_[k]") })
+	read, _ := share(p, func(f string) bool {
+		return f == "read_zero_[k]" || f == "iov_iter_zero_[k]" || strings.Contains(f, "clear_user") || strings.Contains(f, "ksys_read")
+	})
+	t.Logf("%d samples: %.0f%% with kernel frames, %.0f%% in the read path", p.Total(), 100*kern, 100*read)
+	if kern < 0.5 || read < 0.5 {
+		t.Fatalf("a /dev/zero reader: %.0f%% of samples with _[k] frames, %.0f%% in the read path; want most:\n%s", 100*kern, 100*read, desc)
+	}
+	// User frames lead to the kernel: goReadZero is below the kernel frames.
+	if sh, _ := share(p, leafIs("goReadZero")); sh < 0.5 {
+		t.Errorf("goReadZero in %.0f%% of samples", 100*sh)
+	}
+}
+
+func TestCPUList(t *testing.T) {
+	got, err := parseCPUList("0-3,5,7-8")
+	if err != nil || len(got) != 7 || got[4] != 5 || got[6] != 8 {
+		t.Fatalf("parseCPUList = %v, %v", got, err)
+	}
+	if _, err := parseCPUList("x"); err == nil {
+		t.Fatal("parseCPUList(x): no error")
+	}
+	if runtime.NumCPU() < 1 {
+		t.Fatal("no CPUs")
+	}
+}
