@@ -1,0 +1,466 @@
+// SPDX-License-Identifier: GPL-2.0
+/* nettrace redirect: a safe sockops/sk_msg short-cut for loopback TCP.
+ *
+ * redirect_sockops puts established loopback TCP sockets (both ends under
+ * the cgroup, both selected) in sock_hash, keyed by network namespace cookie
+ * and 4-tuple. redirect_msg hands a send straight to the peer's receive queue
+ * only when that cannot lose or reorder data; every other send returns
+ * SK_PASS (plain TCP) and is counted with its reason:
+ *   - draining: `disable` is running;
+ *   - no_peer: the peer is not in the map (other cgroup, not selected, gone);
+ *   - peer_closing: the peer is not ESTABLISHED or shut down for reading;
+ *   - tcp_unread: the peer has not read every byte we sent through TCP, so a
+ *     redirected message would overtake it;
+ *   - peer_unproven: the peer has not yet read anything through recvmsg, so
+ *     it may read with splice, which cannot see redirected data;
+ *   - peer_spliced: the peer's owner called splice(2) on it;
+ *   - peer_full: the peer's unread redirected bytes would exceed its
+ *     SO_RCVBUF (backpressure: TCP then blocks the sender as usual);
+ *   - no_queue_info: this kernel's sk_psock has no msg_tot_len to bound the
+ *     queue with;
+ *   - internal: a helper failed.
+ */
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_tracing.h"
+#include "bpf_core_read.h"
+#include "bpf_endian.h"
+#include "common.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define MAX_PORTS 16
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define RCV_SHUTDOWN 1
+#define SK_USER_DATA_PTRMASK (~7UL)
+
+/* Ports selected by --ports (host byte order); n_ports == 0 selects all. */
+const volatile __u16 sel_ports[MAX_PORTS] = {};
+const volatile __u32 n_ports = 0;
+
+/* One end of a connection: addresses as IPv6 (IPv4 mapped), host-order ports. */
+struct sk_key {
+	__u64 netns;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u32 lport;
+	__u32 rport;
+};
+
+/* What redirect_pending reports per socket in sock_hash. */
+struct pending_rec {
+	struct sk_key key;
+	__u32 queued; /* unread redirected bytes; ~0 when unknown */
+	__u32 state;
+	__u64 cookie;
+};
+
+struct redir_config {
+	__u32 draining;
+	__u32 pad;
+};
+
+enum redir_stat {
+	ST_REDIR_MSGS,
+	ST_REDIR_BYTES,
+	ST_PASS_MSGS,
+	ST_PASS_BYTES,
+	ST_MISS_DRAINING,
+	ST_MISS_NO_PEER,
+	ST_MISS_PEER_CLOSING,
+	ST_MISS_TCP_UNREAD,
+	ST_MISS_PEER_UNPROVEN,
+	ST_MISS_PEER_SPLICED,
+	ST_MISS_PEER_FULL,
+	ST_MISS_NO_QUEUE_INFO,
+	ST_MISS_INTERNAL,
+	ST_SOCK_ADDED,
+	ST_SOCK_ADD_FAILED,
+	ST_SOCK_NOT_ADDED_DRAINING,
+	ST_SPLICE_MARKED,
+	ST_SPLICE_MARK_FAILED,
+	ST_SPLICE_STRANDED,
+	ST_SPLICE_STRANDED_BYTES,
+	ST_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sk_key);
+	__type(value, __u64);
+} sock_hash SEC(".maps");
+
+/* Sockets whose owner called splice(2) on them: never redirect to them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sk_key);
+	__type(value, __u8);
+} spliced SEC(".maps");
+
+/* Where each socket of sock_hash lives, so redirect_msg can read its peer's
+ * state (sk_msg programs may not look sockets up and release them). The
+ * cookie proves the memory still holds that socket. */
+struct sockref {
+	__u64 addr;
+	__u64 cookie;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sk_key);
+	__type(value, struct sockref);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct redir_config);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 i, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &i);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline int draining(void)
+{
+	__u32 zero = 0;
+	struct redir_config *c = bpf_map_lookup_elem(&settings, &zero);
+
+	return !c || c->draining;
+}
+
+static __always_inline void set_v4(__u8 *dst, __u32 ip)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &ip, 4);
+}
+
+/* set_v6 copies an IPv6 address out of a context, one 32-bit load at a
+ * time as the verifier wants. */
+#define set_v6(dst, ctx, field)                         \
+	do {                                                \
+		__u32 *_d = (__u32 *)(dst);                     \
+		_d[0] = ctx->field[0];                          \
+		barrier_var(_d);                                \
+		_d[1] = ctx->field[1];                          \
+		barrier_var(_d);                                \
+		_d[2] = ctx->field[2];                          \
+		barrier_var(_d);                                \
+		_d[3] = ctx->field[3];                          \
+	} while (0)
+
+static __always_inline int is_loopback(const __u8 *a)
+{
+	int i;
+
+	for (i = 0; i < 10; i++)
+		if (a[i])
+			return 0;
+	if (a[10] == 0xff && a[11] == 0xff)
+		return a[12] == 127;
+	if (a[10] || a[11] || a[12] || a[13] || a[14])
+		return 0;
+	return a[15] == 1;
+}
+
+static __always_inline int selected(__u32 lport, __u32 rport)
+{
+	int i;
+
+	if (n_ports == 0)
+		return 1;
+	for (i = 0; i < MAX_PORTS; i++) {
+		if (i >= n_ports)
+			break;
+		if (sel_ports[i] == lport || sel_ports[i] == rport)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void peer_of(const struct sk_key *k, struct sk_key *p)
+{
+	p->netns = k->netns;
+	__builtin_memcpy(p->laddr, k->raddr, 16);
+	__builtin_memcpy(p->raddr, k->laddr, 16);
+	p->lport = k->rport;
+	p->rport = k->lport;
+}
+
+/* sk_psock as Linux 6.18 has it; older kernels lack msg_tot_len. */
+struct sk_psock___tot {
+	__u32 msg_tot_len;
+} __attribute__((preserve_access_index));
+
+/* psock_queued returns the unread redirected bytes of a socket, or -1 when
+ * this kernel cannot tell. */
+static __always_inline long psock_queued(void *user_data)
+{
+	struct sk_psock___tot *ps = (void *)((unsigned long)user_data & SK_USER_DATA_PTRMASK);
+
+	if (!bpf_core_field_exists(ps->msg_tot_len))
+		return -1;
+	if (!ps)
+		return 0;
+	return BPF_CORE_READ(ps, msg_tot_len);
+}
+
+SEC("sockops")
+int redirect_sockops(struct bpf_sock_ops *skops)
+{
+	struct sk_key key = {};
+	struct sockref ref;
+	struct bpf_sock *sk;
+	__u32 op = skops->op;
+
+	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_STATE_CB)
+		return 1;
+	if (skops->family == AF_INET) {
+		set_v4(key.laddr, skops->local_ip4);
+		set_v4(key.raddr, skops->remote_ip4);
+	} else if (skops->family == AF_INET6) {
+		set_v6(key.laddr, skops, local_ip6);
+		set_v6(key.raddr, skops, remote_ip6);
+	} else {
+		return 1;
+	}
+	key.netns = bpf_get_netns_cookie(skops);
+	key.lport = skops->local_port;
+	key.rport = bpf_ntohl(skops->remote_port);
+
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		/* The kernel removes closed sockets from sock_hash itself. */
+		if (skops->args[1] == BPF_TCP_CLOSE) {
+			bpf_map_delete_elem(&spliced, &key);
+			bpf_map_delete_elem(&socks, &key);
+		}
+		return 1;
+	}
+	if (!is_loopback(key.laddr) || !is_loopback(key.raddr) || !selected(key.lport, key.rport))
+		return 1;
+	if (draining()) {
+		count(ST_SOCK_NOT_ADDED_DRAINING, 1);
+		return 1;
+	}
+	sk = skops->sk;
+	if (!sk)
+		return 1;
+	ref.addr = (__u64)sk;
+	ref.cookie = bpf_get_socket_cookie(skops);
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	if (bpf_map_update_elem(&socks, &key, &ref, BPF_NOEXIST)) {
+		count(ST_SOCK_ADD_FAILED, 1);
+		return 1;
+	}
+	if (bpf_sock_hash_update(skops, &sock_hash, &key, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&socks, &key);
+		count(ST_SOCK_ADD_FAILED, 1);
+		return 1;
+	}
+	count(ST_SOCK_ADDED, 1);
+	return 1;
+}
+
+/* check_peer returns 0 when a message of size bytes may go to the peer,
+ * else the stat of the reason it may not. write_seq is the sender's. */
+static __always_inline __u32 check_peer(const struct sockref *ref, __u32 write_seq, __u32 size)
+{
+	struct tcp_sock *tp = (void *)ref->addr;
+	struct sock *sk = (void *)ref->addr;
+	__u32 copied, queued_ok;
+	__u64 received;
+	long queued;
+	int rcvbuf;
+
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) != BPF_TCP_ESTABLISHED ||
+	    (BPF_CORE_READ(sk, sk_shutdown) & RCV_SHUTDOWN))
+		return ST_MISS_PEER_CLOSING;
+	copied = BPF_CORE_READ(tp, copied_seq);
+	received = BPF_CORE_READ(tp, bytes_received);
+	queued = psock_queued(BPF_CORE_READ(sk, sk_user_data));
+	rcvbuf = BPF_CORE_READ(sk, sk_rcvbuf);
+	/* Read last: the memory still held this socket while we read it. */
+	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != ref->cookie)
+		return ST_MISS_PEER_CLOSING;
+	/* Every byte we sent through TCP must have been read, or redirected
+	 * data would overtake it. */
+	if (copied != write_seq)
+		return ST_MISS_TCP_UNREAD;
+	/* The peer must have read TCP data (so it reads with recvmsg, or
+	 * splice already marked it) before anything is redirected to it. */
+	if (received == 0)
+		return ST_MISS_PEER_UNPROVEN;
+	if (queued < 0)
+		return ST_MISS_NO_QUEUE_INFO;
+	queued_ok = queued + size <= (long)rcvbuf;
+	if (!queued_ok)
+		return ST_MISS_PEER_FULL;
+	return 0;
+}
+
+SEC("sk_msg")
+int redirect_msg(struct sk_msg_md *msg)
+{
+	struct sk_key key = {}, peer_key = {};
+	struct sockref *ref;
+	struct bpf_sock *sk;
+	struct tcp_sock *me;
+	__u32 size = msg->size, reason;
+
+	if (draining()) {
+		reason = ST_MISS_DRAINING;
+		goto pass;
+	}
+	if (msg->family == AF_INET) {
+		set_v4(key.laddr, msg->local_ip4);
+		set_v4(key.raddr, msg->remote_ip4);
+	} else {
+		set_v6(key.laddr, msg, local_ip6);
+		set_v6(key.raddr, msg, remote_ip6);
+	}
+	key.netns = bpf_get_netns_cookie(msg);
+	key.lport = msg->local_port;
+	key.rport = bpf_ntohl(msg->remote_port);
+	peer_of(&key, &peer_key);
+
+	if (bpf_map_lookup_elem(&spliced, &peer_key)) {
+		reason = ST_MISS_PEER_SPLICED;
+		goto pass;
+	}
+	reason = ST_MISS_INTERNAL;
+	sk = msg->sk;
+	if (!sk)
+		goto pass;
+	me = bpf_skc_to_tcp_sock(sk);
+	if (!me)
+		goto pass;
+	ref = bpf_map_lookup_elem(&socks, &peer_key);
+	if (!ref) {
+		reason = ST_MISS_NO_PEER;
+		goto pass;
+	}
+	reason = check_peer(ref, me->write_seq, size);
+	if (reason)
+		goto pass;
+	if (bpf_msg_redirect_hash(msg, &sock_hash, &peer_key, BPF_F_INGRESS) != SK_PASS) {
+		reason = ST_MISS_NO_PEER;
+		goto pass;
+	}
+	count(ST_REDIR_MSGS, 1);
+	count(ST_REDIR_BYTES, size);
+	return SK_PASS;
+pass:
+	count(reason, 1);
+	count(ST_PASS_MSGS, 1);
+	count(ST_PASS_BYTES, size);
+	return SK_PASS;
+}
+
+struct splice_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 fd_in;
+	__u64 off_in;
+	__u64 fd_out;
+	__u64 off_out;
+	__u64 len;
+	__u64 flags;
+};
+
+/* redirect_splice marks a loopback TCP socket that splice(2) reads from:
+ * splice cannot see redirected data, so nothing is redirected to it again. */
+SEC("tracepoint/syscalls/sys_enter_splice")
+int redirect_splice(struct splice_args *ctx)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct sk_key key = {};
+	struct file **fdarr, *f;
+	struct socket *sock;
+	struct sock *sk;
+	unsigned int fd = ctx->fd_in, max;
+	__u16 family;
+	__u8 one = 1;
+	long queued;
+
+	max = BPF_CORE_READ(task, files, fdt, max_fds);
+	if (fd >= max)
+		return 0;
+	fdarr = BPF_CORE_READ(task, files, fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == AF_INET) {
+		set_v4(key.laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		set_v4(key.raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&key.laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&key.raddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		return 0;
+	}
+	if (!is_loopback(key.laddr) || !is_loopback(key.raddr))
+		return 0;
+	key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, net_cookie);
+	key.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	key.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (bpf_map_update_elem(&spliced, &key, &one, BPF_ANY))
+		count(ST_SPLICE_MARK_FAILED, 1);
+	else
+		count(ST_SPLICE_MARKED, 1);
+	queued = psock_queued(BPF_CORE_READ(sk, sk_user_data));
+	if (queued > 0) {
+		count(ST_SPLICE_STRANDED, 1);
+		count(ST_SPLICE_STRANDED_BYTES, queued);
+	}
+	return 0;
+}
+
+/* redirect_pending reports each socket in sock_hash with its unread
+ * redirected bytes: disable waits for them to drain. */
+SEC("iter/sockmap")
+int redirect_pending(struct bpf_iter__sockmap *ctx)
+{
+	struct sock *sk = ctx->sk;
+	struct pending_rec r = {};
+	long queued;
+
+	if (!sk || !ctx->key)
+		return 0;
+	bpf_probe_read_kernel(&r.key, sizeof(r.key), ctx->key);
+	queued = psock_queued(BPF_CORE_READ(sk, sk_user_data));
+	r.queued = queued < 0 ? ~0U : queued;
+	r.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	r.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+/* Keep these types in BTF for bpf2go. */
+const struct pending_rec *unused_pending_rec __attribute__((unused));
+const enum redir_stat *unused_redir_stat __attribute__((unused));

@@ -1,0 +1,8 @@
+package redirect
+
+import "syscall"
+
+var (
+	errEPIPE      = syscall.EPIPE
+	errECONNRESET = syscall.ECONNRESET
+)
