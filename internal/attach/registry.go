@@ -17,6 +17,10 @@ type TracerInfo struct {
 	Hooks   []Hook
 	Caps    []kernel.Cap
 	Hidden  bool // not a user command (the demo hook)
+	// Tracers whose programs are not hooks (sockops, sk_msg) give the method
+	// they use and a check that says whether this kernel can run them.
+	Method string
+	Check  func() error
 }
 
 var registry = map[string]TracerInfo{}
@@ -37,6 +41,14 @@ func Registered() []TracerInfo {
 // Plan loads and attaches a tracer's hooks as it would run, records the
 // choices, and detaches again.
 func Plan(t TracerInfo, tier Tier) ([]Choice, error) {
+	if t.Check != nil {
+		if err := t.Check(); err != nil {
+			return nil, err
+		}
+		if len(t.Hooks) == 0 {
+			return []Choice{{Hook: t.Name, Method: t.Method}}, nil
+		}
+	}
 	spec, err := t.Spec()
 	if err != nil {
 		return nil, err
