@@ -154,9 +154,9 @@ install -m 0755 "$here/vmtest/init" "$root/init"
 console=$work/console.log
 log "booting $(basename "$vmlinuz") with ${#pkgs[@]} test binaries (console: $console)"
 qrc=0 t1=$(date +%s%N)
-timeout -k 10 "$timeout_s" qemu-system-x86_64 -nographic -no-reboot -m 2G -smp 2 -accel tcg -cpu max -nic none \
+timeout -k 10 "$timeout_s" qemu-system-x86_64 -nographic -no-reboot -m 2G -smp 2 -accel "tcg,thread=${VMTEST_TCG_THREAD:-single}" -cpu max -nic none \
 	-kernel "$vmlinuz" -initrd "$work/initramfs.gz" \
-	-append "console=ttyS0 panic=-1 loglevel=4 mitigations=off" \
+	-append "console=ttyS0 panic=-1 loglevel=${VMTEST_LOGLEVEL:-4} mitigations=off" \
 	</dev/null >"$console" 2>&1 || qrc=$?
 sed -i 's/\r$//' "$console"
 t2=$(date +%s%N)

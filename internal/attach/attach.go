@@ -96,7 +96,10 @@ func (c Choice) String() string {
 
 // Options control Load.
 type Options struct {
-	Tier Tier // force a tier; Auto picks the best that works
+	// Tier forces a tier for every hook that has an alternative in it
+	// (failing when none of those attaches); hooks without one keep their
+	// own order. Auto picks the best that works.
+	Tier Tier
 	// Constants sets `const volatile` globals before loading.
 	Constants map[string]any
 }
@@ -211,13 +214,20 @@ func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, er
 
 	for _, h := range hooks {
 		c := Choice{Hook: h.Name}
-		tried := 0
+		// A forced tier applies to the hooks that offer it; a hook with no
+		// alternative in that tier (one only a tracepoint can serve) keeps
+		// its own order.
+		forced := Auto
+		for _, alt := range h.Alternatives {
+			if opts.Tier != Auto && alt.Tier == opts.Tier {
+				forced = opts.Tier
+			}
+		}
 		done := false
 		for _, alt := range h.Alternatives {
-			if opts.Tier != Auto && alt.Tier != opts.Tier {
+			if forced != Auto && alt.Tier != forced {
 				continue
 			}
-			tried++
 			method := altMethod(spec, alt)
 			if err := o.loadAlternative(spec, alt, cache); err != nil {
 				c.Refused = append(c.Refused, Refusal{Tier: alt.Tier, Method: method, Err: err, Reason: kernel.Explain(method, err)})
@@ -228,10 +238,7 @@ func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, er
 			break
 		}
 		if !done {
-			if tried == 0 {
-				return nil, fmt.Errorf("attach hook %s: it has no %s alternative", h.Name, opts.Tier)
-			}
-			return nil, &NoAlternativeError{Hook: h.Name, Tier: opts.Tier, Refused: c.Refused}
+			return nil, &NoAlternativeError{Hook: h.Name, Tier: forced, Refused: c.Refused}
 		}
 		o.Choices = append(o.Choices, c)
 	}
@@ -351,6 +358,9 @@ func Method(p *ebpf.ProgramSpec) string {
 }
 
 func altMethod(spec *ebpf.CollectionSpec, alt Alternative) string {
+	if len(alt.Programs) == 0 {
+		return "none" // the hook is given up in this alternative
+	}
 	var ms []string
 	seen := map[string]bool{}
 	for _, name := range alt.Programs {

@@ -1,0 +1,798 @@
+// SPDX-License-Identifier: GPL-2.0
+/* listen: per listening socket, what happens to SYNs and handshakes: accept
+ * queue overflows (at the SYN and at the final ACK), SYN queue drops, SYN
+ * cookies, SYN-ACK retransmits, accept queue and SYN queue peaks, and the
+ * time from handshake done to accept() returning.
+ *
+ * Counters are keyed by the listener's kernel address. The tracepoint tier
+ * has no program that gets the listener with the SYN, so user space fills
+ * `listeners` ({netns, port, address} -> socket) from the iter/tcp table
+ * and inet_sock_set_state adds listeners created in between. */
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_tracing.h"
+#include "bpf_core_read.h"
+#include "bpf_endian.h"
+#include "common.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define NO_REASON 0xffffffffU
+
+/* Network namespace inode to watch; 0 watches every namespace. */
+const volatile __u32 targ_netns = 0;
+/* SKB_DROP_REASON_TCP_LISTEN_OVERFLOW from the running kernel's BTF, or
+ * NO_REASON when it lacks the value (6.1). */
+const volatile __u32 reason_listen_overflow = NO_REASON;
+/* SKB_DROP_REASON_NO_SOCKET: what cookie_v4_check and cookie_v6_check drop a
+ * valid cookie ACK with when the listener made no child (accept queue
+ * full, or no memory). Their addresses come from kallsyms. */
+const volatile __u32 reason_no_socket = NO_REASON;
+const volatile __u64 cookie4_start = 0;
+const volatile __u64 cookie4_end = 0;
+const volatile __u64 cookie6_start = 0;
+const volatile __u64 cookie6_end = 0;
+/* skb:kfree_skb passes the receiving socket (6.12+). */
+const volatile bool has_rx_sk = false;
+/* skb:consume_skb passes the caller's address (6.3+), and where
+ * tcp_rcv_state_process lies, to keep only SYNs a listener consumed. */
+const volatile bool has_consume_loc = false;
+const volatile __u64 rcv_state_start = 0;
+const volatile __u64 rcv_state_end = 0;
+/* Address of reqsk_timer_handler: a request socket's first timer start
+ * marks a SYN the listener admitted. 0 when kallsyms hides addresses. */
+const volatile __u64 reqsk_timer_fn = 0;
+
+/* Per listener, monotonic; user space takes deltas. */
+struct counters {
+	__u64 syn_overflows;  /* SYN dropped: accept queue full */
+	__u64 ack_overflows;  /* final ACK dropped: accept queue full */
+	__u64 syn_drops;      /* SYN dropped otherwise (SYN queue full without cookies, no memory) */
+	__u64 ack_drops;      /* final ACK: no child socket for another reason */
+	__u64 cookies;        /* SYN answered with a cookie */
+	__u64 admitted;       /* SYN got a request socket */
+	__u64 synack_retrans; /* SYN-ACK retransmits */
+	__u64 accepts;        /* accept() returned a child we saw complete */
+	struct hist accept_us; /* handshake done -> accept() returned */
+};
+
+struct lkey {
+	__u32 netns;
+	__u16 port;
+	__u16 family;
+	union addr addr;
+};
+
+struct peak_key {
+	__u64 sk;
+	__u32 gen;
+	__u32 pad;
+};
+
+struct peak {
+	__u32 acceptq;
+	__u32 synq;
+};
+
+/* Per CPU: the SYN or final ACK being processed. SYNs to a listener are
+ * processed in softirq without the socket lock, so nothing else of the
+ * kind runs on this CPU between entry and exit. */
+struct scratch {
+	__u64 syn_sk;   /* listener the current SYN admitted to (timer), or entered (fentry) */
+	__u64 ack_sk;   /* listener of the current syn_recv_sock (kprobe) */
+	__u32 admitted;
+	__u32 full;     /* accept queue full at tcp_conn_request entry */
+	__u32 synq_full;
+	__u32 pad;
+};
+
+enum lost_idx {
+	LOST_COUNTERS,   /* counters map full */
+	LOST_PEAKS,      /* peaks map full */
+	LOST_BORN,       /* born map full: accept latency not measured */
+	LOST_UNKNOWN,    /* SYN to a listener not in `listeners` */
+	LOST_LISTENERS,  /* listeners map full */
+	LOST_EVENTS,     /* events ring buffer full */
+	LOST_MAX,
+};
+
+/* One drop, for --events. */
+struct event {
+	__u64 ts_ns;
+	__u64 sk;
+	union addr saddr;
+	__u16 sport;
+	__u16 family;
+	__u8 kind; /* 1 SYN overflow, 2 ACK overflow, 3 SYN drop, 4 ACK drop */
+	__u8 pad[3];
+};
+const struct event *unused_event __attribute__((unused));
+
+const volatile bool emit_events = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct lkey);
+	__type(value, __u64);
+} listeners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct counters);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct peak_key);
+	__type(value, struct peak);
+} peak_map SEC(".maps");
+
+/* Child socket -> time its handshake completed, until accept() or close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} born SEC(".maps");
+
+/* Listener being accepted on, by thread (accept sleeps). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} accepting SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LOST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Peak generation: user space flips it, then reads and deletes the old one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+static __always_inline void count_lost(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&lost, &idx);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+static __always_inline __u32 sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline bool netns_ok(__u32 ns)
+{
+	return !targ_netns || ns == targ_netns;
+}
+
+static __always_inline bool is_listener(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN;
+}
+
+static __always_inline bool acceptq_full(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_ack_backlog) > BPF_CORE_READ(sk, sk_max_ack_backlog);
+}
+
+static __always_inline __u32 synq_len(const struct sock *sk)
+{
+	const struct inet_connection_sock *icsk = (const void *)sk;
+
+	return BPF_CORE_READ(icsk, icsk_accept_queue.qlen.counter);
+}
+
+static __always_inline struct counters *counters_of(__u64 sk)
+{
+	struct counters *c = bpf_map_lookup_elem(&stats, &sk);
+	static const struct counters zero;
+
+	if (c)
+		return c;
+	bpf_map_update_elem(&stats, &sk, &zero, BPF_NOEXIST);
+	c = bpf_map_lookup_elem(&stats, &sk);
+	if (!c)
+		count_lost(LOST_COUNTERS);
+	return c;
+}
+
+static __always_inline void update_peak(const struct sock *sk, __u32 synq)
+{
+	__u32 zero = 0, *g = bpf_map_lookup_elem(&gen, &zero);
+	struct peak_key k = { .sk = (__u64)sk };
+	struct peak *p, np;
+
+	if (!g)
+		return;
+	k.gen = *g & 1;
+	np.acceptq = BPF_CORE_READ(sk, sk_ack_backlog);
+	np.synq = synq;
+	p = bpf_map_lookup_elem(&peak_map, &k);
+	if (!p) {
+		if (bpf_map_update_elem(&peak_map, &k, &np, BPF_NOEXIST))
+			count_lost(LOST_PEAKS);
+		return;
+	}
+	if (np.acceptq > p->acceptq)
+		p->acceptq = np.acceptq;
+	if (np.synq > p->synq)
+		p->synq = np.synq;
+}
+
+static __always_inline void emit(const struct sock *sk, __u8 kind, const union addr *saddr, __u16 sport, __u16 family)
+{
+	struct event *e;
+
+	if (!emit_events)
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost(LOST_EVENTS);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->sk = (__u64)sk;
+	e->kind = kind;
+	e->family = family;
+	e->sport = sport;
+	__builtin_memcpy(&e->saddr, saddr, sizeof(e->saddr));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* The peer of a SYN or ACK being received. */
+static __always_inline void skb_peer(struct sk_buff *skb, union addr *a, __u16 *port, __u16 *family)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u8 ver = 0;
+	__be16 sport = 0;
+
+	bpf_probe_read_kernel(&ver, 1, head + nh);
+	if ((ver >> 4) == 4) {
+		*family = AF_INET;
+		bpf_probe_read_kernel(&a->v4, 4, head + nh + offsetof(struct iphdr, saddr));
+	} else {
+		*family = AF_INET6;
+		bpf_probe_read_kernel(a->v6, 16, head + nh + offsetof(struct ipv6hdr, saddr));
+	}
+	bpf_probe_read_kernel(&sport, 2, head + th + offsetof(struct tcphdr, source));
+	*port = bpf_ntohs(sport);
+}
+
+static __always_inline void ack_event(const struct sock *sk, struct sk_buff *skb, __u8 kind)
+{
+	union addr a = {};
+	__u16 port = 0, family = 0;
+
+	if (!emit_events || !skb)
+		return;
+	skb_peer(skb, &a, &port, &family);
+	emit(sk, kind, &a, port, family);
+}
+
+/* A SYN the listener did not admit: why. The kernel checks, in order, the
+ * SYN queue (cookies or drop), then the accept queue (overflow), then the
+ * remaining SYN queue room without cookies. */
+static __always_inline void syn_refused(const struct sock *sk, bool full, bool synq_full, struct sk_buff *skb)
+{
+	struct counters *c = counters_of((__u64)sk);
+	__u8 cookies = BPF_CORE_READ(sk, __sk_common.skc_net.net, ipv4.sysctl_tcp_syncookies);
+	__u8 kind = 0;
+
+	if (!c)
+		return;
+	if (full) {
+		c->syn_overflows++;
+		kind = 1;
+		update_peak(sk, synq_len(sk));
+	} else if (cookies && (cookies == 2 || synq_full)) {
+		c->cookies++;
+	} else {
+		c->syn_drops++;
+		kind = 3;
+	}
+	if (kind && emit_events && skb) {
+		union addr a = {};
+		__u16 port = 0, family = 0;
+
+		skb_peer(skb, &a, &port, &family);
+		emit(sk, kind, &a, port, family);
+	}
+}
+
+static __always_inline bool synq_is_full(const struct sock *sk)
+{
+	return synq_len(sk) >= BPF_CORE_READ(sk, sk_max_ack_backlog);
+}
+
+/* ---- SYN: fentry tier ---- */
+
+SEC("fentry/tcp_conn_request")
+int BPF_PROG(syn_enter_fentry, struct request_sock_ops *rsk_ops, const void *af_ops, struct sock *sk)
+{
+	struct scratch *s = get_scratch();
+
+	if (!s)
+		return 0;
+	s->syn_sk = 0;
+	if (!netns_ok(sk_netns(sk)))
+		return 0;
+	s->syn_sk = (__u64)sk;
+	s->admitted = 0;
+	s->full = acceptq_full(sk);
+	s->synq_full = synq_is_full(sk);
+	return 0;
+}
+
+static __always_inline void on_admit(const struct sock *sk)
+{
+	struct scratch *s = get_scratch();
+
+	if (s && s->syn_sk == (__u64)sk)
+		s->admitted = 1;
+}
+
+SEC("fentry/inet_csk_reqsk_queue_hash_add")
+int BPF_PROG(syn_admit_fentry, struct sock *sk)
+{
+	on_admit(sk);
+	return 0;
+}
+
+static __always_inline void syn_exit(struct sk_buff *skb)
+{
+	struct scratch *s = get_scratch();
+	const struct sock *sk;
+	struct counters *c;
+
+	if (!s || !s->syn_sk)
+		return;
+	sk = (const struct sock *)s->syn_sk;
+	s->syn_sk = 0;
+	if (s->admitted) {
+		c = counters_of((__u64)sk);
+		if (c)
+			c->admitted++;
+		update_peak(sk, synq_len(sk));
+		return;
+	}
+	syn_refused(sk, s->full, s->synq_full, skb);
+}
+
+SEC("fexit/tcp_conn_request")
+int BPF_PROG(syn_exit_fentry, struct request_sock_ops *rsk_ops, const void *af_ops, struct sock *sk, struct sk_buff *skb)
+{
+	syn_exit(skb);
+	return 0;
+}
+
+/* ---- SYN: kprobe tier ---- */
+
+SEC("kprobe/tcp_conn_request")
+int BPF_KPROBE(syn_enter_kprobe, void *rsk_ops, void *af_ops, struct sock *sk)
+{
+	struct scratch *s = get_scratch();
+
+	if (!s)
+		return 0;
+	s->syn_sk = 0;
+	if (!netns_ok(sk_netns(sk)))
+		return 0;
+	s->syn_sk = (__u64)sk;
+	s->admitted = 0;
+	s->full = acceptq_full(sk);
+	s->synq_full = synq_is_full(sk);
+	return 0;
+}
+
+SEC("kprobe/inet_csk_reqsk_queue_hash_add")
+int BPF_KPROBE(syn_admit_kprobe, struct sock *sk)
+{
+	on_admit(sk);
+	return 0;
+}
+
+SEC("kretprobe/tcp_conn_request")
+int BPF_KRETPROBE(syn_exit_kprobe)
+{
+	syn_exit(NULL);
+	return 0;
+}
+
+/* ---- SYN: tracepoint tier ---- */
+
+/* A request socket's first timer start: its listener admitted the SYN
+ * this CPU is processing. Re-arms (SYN-ACK retransmits) have num_timeout > 0. */
+SEC("tp_btf/timer_start")
+int BPF_PROG(syn_admit_tp, struct timer_list *timer)
+{
+	struct request_sock *req;
+	struct scratch *s;
+	struct sock *sk;
+
+	if (!reqsk_timer_fn || (__u64)BPF_CORE_READ(timer, function) != reqsk_timer_fn)
+		return 0;
+	req = container_of(timer, struct request_sock, rsk_timer);
+	if (BPF_CORE_READ_BITFIELD_PROBED(req, num_timeout))
+		return 0;
+	sk = BPF_CORE_READ(req, __req_common.skc_listener);
+	if (!sk || !netns_ok(sk_netns(sk)))
+		return 0;
+	s = get_scratch();
+	if (s) {
+		s->syn_sk = (__u64)sk;
+		s->admitted = 1;
+	}
+	return 0;
+}
+
+static __always_inline const struct sock *find_listener(__u32 ns, __u16 port, __u16 family, const union addr *daddr)
+{
+	struct lkey k = { .netns = ns, .port = port, .family = family };
+	__u64 *v;
+
+	__builtin_memcpy(&k.addr, daddr, sizeof(k.addr));
+	v = bpf_map_lookup_elem(&listeners, &k);
+	if (v)
+		return (const struct sock *)*v;
+	__builtin_memset(&k.addr, 0, sizeof(k.addr));
+	v = bpf_map_lookup_elem(&listeners, &k);
+	if (v)
+		return (const struct sock *)*v;
+	if (family == AF_INET) { /* an IPv6 wildcard listener takes IPv4 too */
+		k.family = AF_INET6;
+		v = bpf_map_lookup_elem(&listeners, &k);
+		if (v)
+			return (const struct sock *)*v;
+	}
+	return NULL;
+}
+
+/* A listener consumes every SYN it processed, admitted or not. */
+SEC("tp_btf/consume_skb")
+int syn_consume_tp(__u64 *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx[0];
+	unsigned char *head;
+	__u16 nh, th, port, family;
+	__u8 ver = 0, flags = 0;
+	union addr daddr = {};
+	const struct sock *sk;
+	struct scratch *s;
+	struct dst_entry *dst;
+	__be16 dport = 0;
+	__u32 ns;
+
+	if (has_consume_loc) {
+		__u64 loc = ctx[1];
+
+		if (loc < rcv_state_start || loc >= rcv_state_end)
+			return 0;
+	}
+	head = BPF_CORE_READ(skb, head);
+	th = BPF_CORE_READ(skb, transport_header);
+	if (bpf_probe_read_kernel(&flags, 1, head + th + 13))
+		return 0;
+	if ((flags & 0x12) != 0x02) /* SYN without ACK */
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	if (s->syn_sk) {
+		sk = (const struct sock *)s->syn_sk;
+		s->syn_sk = 0;
+		struct counters *c = counters_of((__u64)sk);
+		if (c)
+			c->admitted++;
+		update_peak(sk, synq_len(sk));
+		return 0;
+	}
+	/* skb->dev is cleared by now; the input route still names the device. */
+	dst = (struct dst_entry *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+	ns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
+	if (!netns_ok(ns))
+		return 0;
+	nh = BPF_CORE_READ(skb, network_header);
+	bpf_probe_read_kernel(&ver, 1, head + nh);
+	if ((ver >> 4) == 4) {
+		family = AF_INET;
+		bpf_probe_read_kernel(&daddr.v4, 4, head + nh + offsetof(struct iphdr, daddr));
+	} else {
+		family = AF_INET6;
+		bpf_probe_read_kernel(daddr.v6, 16, head + nh + offsetof(struct ipv6hdr, daddr));
+	}
+	bpf_probe_read_kernel(&dport, 2, head + th + offsetof(struct tcphdr, dest));
+	port = bpf_ntohs(dport);
+	sk = find_listener(ns, port, family, &daddr);
+	if (!sk || !is_listener(sk) || BPF_CORE_READ(sk, __sk_common.skc_num) != port) {
+		count_lost(LOST_UNKNOWN);
+		return 0;
+	}
+	syn_refused(sk, acceptq_full(sk), synq_is_full(sk), skb);
+	return 0;
+}
+
+/* ---- final ACK: no child socket ---- */
+
+static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *skb)
+{
+	struct counters *c;
+
+	if (!netns_ok(sk_netns(sk)))
+		return;
+	c = counters_of((__u64)sk);
+	if (!c)
+		return;
+	if (acceptq_full(sk)) {
+		c->ack_overflows++;
+		update_peak(sk, synq_len(sk));
+		ack_event(sk, skb, 2);
+	} else {
+		c->ack_drops++;
+		ack_event(sk, skb, 4);
+	}
+}
+
+SEC("fexit/tcp_v4_syn_recv_sock")
+int BPF_PROG(ack4_fexit, const struct sock *sk, struct sk_buff *skb)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	if (!ret)
+		ack_failed(sk, skb);
+	return 0;
+}
+
+SEC("fexit/tcp_v6_syn_recv_sock")
+int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	if (!ret)
+		ack_failed(sk, skb);
+	return 0;
+}
+
+static __always_inline void ack_enter(const struct sock *sk)
+{
+	struct scratch *s = get_scratch();
+
+	if (s)
+		s->ack_sk = (__u64)sk;
+}
+
+static __always_inline void ack_exit(__u64 ret)
+{
+	struct scratch *s = get_scratch();
+	__u64 sk;
+
+	if (!s || !s->ack_sk)
+		return;
+	sk = s->ack_sk;
+	s->ack_sk = 0;
+	if (!ret)
+		ack_failed((const struct sock *)sk, NULL);
+}
+
+SEC("kprobe/tcp_v4_syn_recv_sock")
+int BPF_KPROBE(ack4_kprobe, const struct sock *sk)
+{
+	ack_enter(sk);
+	return 0;
+}
+
+SEC("kretprobe/tcp_v4_syn_recv_sock")
+int BPF_KRETPROBE(ack4_kretprobe, void *ret)
+{
+	ack_exit((__u64)ret);
+	return 0;
+}
+
+SEC("kprobe/tcp_v6_syn_recv_sock")
+int BPF_KPROBE(ack6_kprobe, const struct sock *sk)
+{
+	ack_enter(sk);
+	return 0;
+}
+
+SEC("kretprobe/tcp_v6_syn_recv_sock")
+int BPF_KRETPROBE(ack6_kretprobe, void *ret)
+{
+	ack_exit((__u64)ret);
+	return 0;
+}
+
+/* The drop of a final ACK whose listener's accept queue was full; the
+ * receiving socket is the listener. Needs the reason and rx_sk (6.12+). */
+SEC("tp_btf/kfree_skb")
+int ack_kfree_tp(__u64 *ctx)
+{
+	const struct sock *sk;
+
+	__u32 reason;
+	__u64 loc;
+
+	if (reason_listen_overflow == NO_REASON || !has_rx_sk)
+		return 0;
+	reason = (__u32)ctx[2];
+	if (reason == reason_listen_overflow) {
+		sk = (const struct sock *)ctx[3];
+		if (!sk || !is_listener(sk) || !netns_ok(sk_netns(sk)))
+			return 0;
+		struct counters *c = counters_of((__u64)sk);
+		if (!c)
+			return 0;
+		c->ack_overflows++;
+		update_peak(sk, synq_len(sk));
+		ack_event(sk, (struct sk_buff *)ctx[0], 2);
+		return 0;
+	}
+	if (reason != reason_no_socket)
+		return 0;
+	loc = ctx[1];
+	if (!((loc >= cookie4_start && loc < cookie4_end) || (loc >= cookie6_start && loc < cookie6_end)))
+		return 0;
+	sk = (const struct sock *)ctx[3];
+	if (sk && is_listener(sk))
+		ack_failed(sk, (struct sk_buff *)ctx[0]);
+	return 0;
+}
+
+/* ---- SYN-ACK retransmits (every tier) ---- */
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(synack_tp, const struct sock *sk, const struct request_sock *req)
+{
+	struct counters *c;
+
+	if (!netns_ok(sk_netns(sk)))
+		return 0;
+	c = counters_of((__u64)sk);
+	if (c)
+		c->synack_retrans++;
+	return 0;
+}
+
+/* ---- state changes (every tier): listeners, handshakes done, closes ---- */
+
+static __always_inline void sk_lkey(const struct sock *sk, struct lkey *k)
+{
+	k->netns = sk_netns(sk);
+	k->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (k->family == AF_INET)
+		k->addr.v4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+	else
+		BPF_CORE_READ_INTO(&k->addr.v6, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
+{
+	struct lkey k = {};
+	__u64 skp = (__u64)sk, now;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_CLOSE) {
+		if (oldstate == TCP_LISTEN) {
+			sk_lkey(sk, &k);
+			__u64 *v = bpf_map_lookup_elem(&listeners, &k);
+			if (v && *v == skp)
+				bpf_map_delete_elem(&listeners, &k);
+		} else {
+			bpf_map_delete_elem(&born, &skp);
+		}
+		return 0;
+	}
+	if (!netns_ok(sk_netns(sk)))
+		return 0;
+	if (newstate == TCP_LISTEN) {
+		sk_lkey(sk, &k);
+		if (bpf_map_update_elem(&listeners, &k, &skp, BPF_ANY))
+			count_lost(LOST_LISTENERS);
+		return 0;
+	}
+	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
+		return 0;
+	/* A passive handshake is done: its child sits in the accept queue. */
+	now = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&born, &skp, &now, BPF_ANY))
+		count_lost(LOST_BORN);
+	sk_lkey(sk, &k);
+	const struct sock *l = find_listener(k.netns, k.port, k.family, &k.addr);
+	if (l && is_listener(l))
+		update_peak(l, synq_len(l));
+	return 0;
+}
+
+/* ---- accept() ---- */
+
+static __always_inline void accepted(__u64 listener, __u64 child)
+{
+	__u64 *t = bpf_map_lookup_elem(&born, &child);
+	struct counters *c;
+	__u64 d;
+
+	if (!t)
+		return;
+	d = (bpf_ktime_get_ns() - *t) / 1000;
+	bpf_map_delete_elem(&born, &child);
+	c = counters_of(listener);
+	if (!c)
+		return;
+	c->accepts++;
+	hist_add(&c->accept_us, d);
+}
+
+SEC("fexit/inet_csk_accept")
+int BPF_PROG(accept_fexit, struct sock *sk)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	if (ret && netns_ok(sk_netns(sk)))
+		accepted((__u64)sk, ret);
+	return 0;
+}
+
+SEC("kprobe/inet_csk_accept")
+int BPF_KPROBE(accept_kprobe, struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid(), skp = (__u64)sk;
+
+	if (netns_ok(sk_netns(sk)))
+		bpf_map_update_elem(&accepting, &id, &skp, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(accept_kretprobe, void *ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *l = bpf_map_lookup_elem(&accepting, &id);
+
+	if (!l)
+		return 0;
+	if (ret)
+		accepted(*l, (__u64)ret);
+	bpf_map_delete_elem(&accepting, &id);
+	return 0;
+}

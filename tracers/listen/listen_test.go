@@ -1,0 +1,289 @@
+package listen
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nettrace/nettrace/internal/attach"
+	"github.com/nettrace/nettrace/internal/kernel"
+	"github.com/nettrace/nettrace/internal/testutil"
+)
+
+// tiers returns the tiers this kernel offers, best first.
+func tiers(t *testing.T) []attach.Tier {
+	var out []attach.Tier
+	if kernel.ProbeFentry(kernel.ProbeFunc) == nil {
+		out = append(out, attach.Fentry)
+	}
+	if kernel.ProbeKprobe(kernel.ProbeFunc) == nil {
+		out = append(out, attach.Kprobe)
+	}
+	return append(out, attach.Tracepoint)
+}
+
+// fullyAttributed says whether tier attributes every overflow here: the
+// tracepoint tier needs the drop reason and rx_sk of 6.12+.
+func fullyAttributed(t *testing.T, tr *Tracer) bool {
+	c, _ := tr.objs.Choice("ack")
+	return c.Method != "tp_btf" || (tr.facts.ReasonListenOverflow != noReason && tr.facts.HasRxSk)
+}
+
+// connectMany starts n non-blocking connects to 127.0.0.1:port from
+// workers threads of the namespace and returns the client sockets.
+func connectMany(t *testing.T, ns *testutil.Netns, port, n, workers int) []int {
+	t.Helper()
+	var (
+		mu  sync.Mutex
+		fds []int
+		wg  sync.WaitGroup
+	)
+	errc := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- ns.Do(func() error {
+				for i := w; i < n; i += workers {
+					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+					if err != nil {
+						return fmt.Errorf("open client socket: %w", err)
+					}
+					mu.Lock()
+					fds = append(fds, fd)
+					mu.Unlock()
+					err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+					if err != nil && !errors.Is(err, unix.EINPROGRESS) {
+						return fmt.Errorf("connect: %w", err)
+					}
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fds
+}
+
+// established counts the client sockets whose connect completed, as the
+// clients see it (SO_ERROR 0 and a peer).
+func established(fds []int) int {
+	n := 0
+	for _, fd := range fds {
+		if _, err := unix.Getpeername(fd); err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// resetAll closes client sockets with a RST, so nothing they send later
+// (FIN, retransmitted SYN) reaches the listener again.
+func resetAll(fds []int) {
+	for _, fd := range fds {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		unix.Close(fd)
+	}
+}
+
+func find(s *Snapshot, port int) *Listener {
+	for i := range s.Listeners {
+		if int(s.Listeners[i].Local.Port()) == port {
+			return &s.Listeners[i]
+		}
+	}
+	return nil
+}
+
+// TestNeverAccepts: somaxconn=10, a server that listens with backlog 511 and
+// never accepts, 200 concurrent connects; a second listener accepts at once.
+func TestNeverAccepts(t *testing.T) {
+	testutil.RequireBPF(t)
+	for _, tier := range tiers(t) {
+		t.Run(string(tier), func(t *testing.T) {
+			ns := testutil.NewNetns(t)
+			ns.SetSysctl(t, "net.core.somaxconn", "10")
+			var stuckFD, stuck, fast int
+			if err := ns.Do(func() error {
+				stuckFD, stuck = testutil.Listen(t, "tcp4", "127.0.0.1:0", 511)
+				var fastFD int
+				fastFD, fast = testutil.Listen(t, "tcp4", "127.0.0.1:0", 511)
+				testutil.Accept(t, fastFD, false)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			tr, err := New(Options{NetnsPath: ns.Path(), Tier: tier})
+			if err != nil {
+				t.Fatalf("%+v", err)
+			}
+			defer tr.Close()
+			t.Logf("tiers %v", tr.objs.Tiers())
+
+			fds := connectMany(t, ns, stuck, 200, 4)
+			var fastOK, fastFailed int
+			ns.Do(func() error {
+				fastOK, fastFailed = testutil.ConnectN(t, testutil.Addr("127.0.0.1", fast), 50)
+				return nil
+			})
+			time.Sleep(1500 * time.Millisecond) // one SYN retransmit round
+			clientsIn := established(fds)
+			resetAll(fds)
+			time.Sleep(200 * time.Millisecond)
+			_ = stuckFD
+
+			s, err := tr.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, f := find(s, stuck), find(s, fast)
+			if l == nil || f == nil {
+				t.Fatalf("listeners missing from %+v", s.Listeners)
+			}
+			want := s.Netstat["ListenOverflows"]
+			t.Logf("stuck: backlog %d capped=%v peak %d/%d overflows syn %d ack %d, syn drops %d, cookies %d, admitted %d, synack rtx %d; clients established %d of 200; namespace ListenOverflows %d ListenDrops %d; unattributed %d; lost %v",
+				l.Backlog, l.CappedBy, l.AcceptPeak, l.SynPeak, l.SynOverflows, l.AckOverflows, l.SynDrops, l.Cookies, l.Admitted, l.SynackRetrans,
+				clientsIn, want, s.Netstat["ListenDrops"], s.Unattributed, s.Lost)
+			t.Logf("fast: %d ok %d failed, accepts %d overflows %d", fastOK, fastFailed, f.Accepts, f.Overflows())
+			if l.Backlog != 10 || !l.CappedBy {
+				t.Errorf("backlog %d capped=%v, want 10 capped by somaxconn", l.Backlog, l.CappedBy)
+			}
+			if l.AcceptPeak != 11 || l.AcceptQ != 11 {
+				t.Errorf("accept queue %d peak %d, want 11 (max+1)", l.AcceptQ, l.AcceptPeak)
+			}
+			if want == 0 {
+				t.Fatal("no ListenOverflows in the namespace: the test made no overflow")
+			}
+			if fullyAttributed(t, tr) {
+				if l.Overflows() != want || s.Unattributed != 0 {
+					t.Errorf("socket overflows %d, namespace ListenOverflows %d (unattributed %d)", l.Overflows(), want, s.Unattributed)
+				}
+			} else if l.Overflows()+uint64(s.Unattributed) != want || l.AckOverflows != 0 {
+				t.Errorf("socket overflows %d + unattributed %d != namespace ListenOverflows %d", l.Overflows(), s.Unattributed, want)
+			}
+			// Clients in ESTABLISHED beyond the 11 in the queue had their
+			// final ACK dropped; the others never got a SYN-ACK through.
+			if clientsIn < 11 || (fullyAttributed(t, tr) && l.AckOverflows == 0 && clientsIn > 11) {
+				t.Errorf("%d clients established, %d final-ACK overflows", clientsIn, l.AckOverflows)
+			}
+			if f.Overflows() != 0 || f.SynDrops != 0 || fastFailed != 0 {
+				t.Errorf("fast listener: overflows %d syn drops %d, clients failed %d", f.Overflows(), f.SynDrops, fastFailed)
+			}
+			if c, _ := tr.objs.Choice("accept"); c.Method != "none" && f.Accepts != uint64(fastOK) {
+				t.Errorf("fast listener: %d accepts measured, clients connected %d", f.Accepts, fastOK)
+			}
+			fr, err := tr.Frame(time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = fr
+			ws := warnings(l, s)
+			codes := []string{}
+			for _, w := range ws {
+				codes = append(codes, w.Code)
+			}
+			if !slices.Contains(codes, "somaxconn_caps_backlog") || !slices.Contains(codes, "accept_queue_overflow") {
+				t.Errorf("warnings %v", codes)
+			}
+		})
+	}
+}
+
+// TestSlowAccept: backlog 10, one accept per 10 ms, 500 connects.
+func TestSlowAccept(t *testing.T) {
+	testutil.RequireBPF(t)
+	tier := attach.Tier(os.Getenv("NETTRACE_LISTEN_TIER"))
+	ns := testutil.NewNetns(t)
+	var lfd, port int
+	ns.Do(func() error {
+		lfd, port = testutil.Listen(t, "tcp4", "127.0.0.1:0", 10)
+		return nil
+	})
+	tr, err := New(Options{NetnsPath: ns.Path(), Tier: tier})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	defer tr.Close()
+
+	stop := make(chan struct{})
+	var accepted int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			fd, _, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK)
+			if err == nil {
+				accepted++
+				unix.Close(fd)
+			}
+		}
+	}()
+	unix.SetNonblock(lfd, true)
+
+	fds := connectMany(t, ns, port, 500, 4)
+	var total, totalNS uint64
+	var unattributed int64
+	var peaks []uint32
+	for range 15 {
+		time.Sleep(200 * time.Millisecond)
+		s, err := tr.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := find(s, port)
+		if l == nil {
+			t.Fatal("listener missing")
+		}
+		peaks = append(peaks, l.AcceptPeak)
+		total += l.Overflows()
+		totalNS += s.Netstat["ListenOverflows"]
+		unattributed += s.Unattributed
+		if l.AcceptPeak > 11 || l.AcceptQ > 11 {
+			t.Errorf("accept queue %d peak %d beyond backlog 10 + 1", l.AcceptQ, l.AcceptPeak)
+		}
+	}
+	resetAll(fds)
+	close(stop)
+	<-done
+	time.Sleep(200 * time.Millisecond)
+	s, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := find(s, port); l != nil {
+		total += l.Overflows()
+	}
+	totalNS += s.Netstat["ListenOverflows"]
+	unattributed += s.Unattributed
+	t.Logf("tiers %v: accepted %d; peaks per 200ms %v; overflows %d, namespace ListenOverflows %d, unattributed %d",
+		tr.objs.Tiers(), accepted, peaks, total, totalNS, unattributed)
+	if totalNS == 0 {
+		t.Fatal("no overflow: the test did not load the queue")
+	}
+	if !slices.Contains(peaks, 11) {
+		t.Errorf("accept queue never reached backlog+1: %v", peaks)
+	}
+	if fullyAttributed(t, tr) && (total != totalNS || unattributed != 0) {
+		t.Errorf("overflows %d, namespace ListenOverflows %d, unattributed %d", total, totalNS, unattributed)
+	}
+	if !fullyAttributed(t, tr) && total+uint64(unattributed) != totalNS {
+		t.Errorf("overflows %d + unattributed %d != namespace ListenOverflows %d", total, unattributed, totalNS)
+	}
+}
