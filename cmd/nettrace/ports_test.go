@@ -115,8 +115,10 @@ func TestPortsJSON(t *testing.T) {
 	}
 	cmd.Wait()
 	t.Logf("client: %d ok, %d EADDRNOTAVAIL; nettrace: %d connects, %d EADDRNOTAVAIL; warnings %v", ok, notAvail, connects, eaddr, warned)
-	if connects != 100 || eaddr != uint64(notAvail) || notAvail != 49 {
-		t.Errorf("nettrace counted %d connects and %d EADDRNOTAVAIL; client made 100 and saw %d (want 49)", connects, eaddr, notAvail)
+	// The client's own count is 49 when it closes every connection first;
+	// under slow emulation some servers close first and free a port.
+	if connects != 100 || eaddr != uint64(notAvail) || notAvail == 0 {
+		t.Errorf("nettrace counted %d connects and %d EADDRNOTAVAIL; client made 100 and saw %d", connects, eaddr, notAvail)
 	}
 	if size != 51 {
 		t.Errorf("port_range_size %v, want 51", size)
