@@ -1,0 +1,3 @@
+package softirq
+
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -cflags "-O2 -g -Wall -Werror" -go-package softirq softirq ../../bpf/softirq.bpf.c -- -I../../bpf/headers
