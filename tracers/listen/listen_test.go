@@ -166,20 +166,27 @@ func TestNeverAccepts(t *testing.T) {
 			if want == 0 {
 				t.Fatal("no ListenOverflows in the namespace: the test made no overflow")
 			}
+			// Every overflow in the namespace belongs to one of the two
+			// listeners (the "fast" one can overflow too when the machine
+			// is slow, as under emulation) or is counted as unattributed.
+			both := l.Overflows() + f.Overflows()
 			if fullyAttributed(t, tr) {
-				if l.Overflows() != want || s.Unattributed != 0 {
-					t.Errorf("socket overflows %d, namespace ListenOverflows %d (unattributed %d)", l.Overflows(), want, s.Unattributed)
+				if both != want || s.Unattributed != 0 {
+					t.Errorf("socket overflows %d+%d, namespace ListenOverflows %d (unattributed %d)", l.Overflows(), f.Overflows(), want, s.Unattributed)
 				}
-			} else if l.Overflows()+uint64(s.Unattributed) != want || l.AckOverflows != 0 {
-				t.Errorf("socket overflows %d + unattributed %d != namespace ListenOverflows %d", l.Overflows(), s.Unattributed, want)
+			} else if both+uint64(s.Unattributed) != want || l.AckOverflows != 0 {
+				t.Errorf("socket overflows %d+%d + unattributed %d != namespace ListenOverflows %d", l.Overflows(), f.Overflows(), s.Unattributed, want)
 			}
 			// Clients in ESTABLISHED beyond the 11 in the queue had their
 			// final ACK dropped; the others never got a SYN-ACK through.
 			if clientsIn < 11 || (fullyAttributed(t, tr) && l.AckOverflows == 0 && clientsIn > 11) {
 				t.Errorf("%d clients established, %d final-ACK overflows", clientsIn, l.AckOverflows)
 			}
-			if f.Overflows() != 0 || f.SynDrops != 0 || fastFailed != 0 {
-				t.Errorf("fast listener: overflows %d syn drops %d, clients failed %d", f.Overflows(), f.SynDrops, fastFailed)
+			if f.SynDrops != 0 || fastFailed != 0 {
+				t.Errorf("fast listener: syn drops %d, clients failed %d", f.SynDrops, fastFailed)
+			}
+			if f.Overflows() > want/10 {
+				t.Errorf("fast listener: %d overflows of %d", f.Overflows(), want)
 			}
 			if c, _ := tr.objs.Choice("accept"); c.Method != "none" && f.Accepts != uint64(fastOK) {
 				t.Errorf("fast listener: %d accepts measured, clients connected %d", f.Accepts, fastOK)
