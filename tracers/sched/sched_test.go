@@ -294,11 +294,19 @@ func TestRawTP(t *testing.T) {
 
 func TestForcedTiers(t *testing.T) {
 	testutil.RequireBPF(t)
+	// A forced tier applies to the hooks that offer it: sched's hooks are
+	// tracepoints only, so they keep that tier.
 	for _, tier := range []attach.Tier{attach.Fentry, attach.Kprobe} {
-		_, err := New(Options{Tier: tier, PID: os.Getpid()})
-		if err == nil || !strings.Contains(err.Error(), "no "+string(tier)+" alternative") {
-			t.Errorf("forcing %s: %v, want a clear refusal", tier, err)
+		tr, err := New(Options{Tier: tier, PID: os.Getpid()})
+		if err != nil {
+			t.Fatalf("forcing %s: %+v", tier, err)
 		}
+		for _, c := range tr.Choices() {
+			if c.Tier != attach.Tracepoint {
+				t.Errorf("forcing %s: hook %s got tier %s", tier, c.Hook, c.Tier)
+			}
+		}
+		tr.Close()
 	}
 }
 
