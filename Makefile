@@ -15,12 +15,12 @@ build:
 
 ## generate: rebuild the BPF objects and their Go bindings with Debian's clang
 generate:
-	BPF2GO_CC=$(CLANG) $(GO) generate ./tracers/...
+	BPF2GO_CC=$(CLANG) $(GO) generate ./tracers/... ./internal/...
 
 ## generate-check: fail when regenerating changes the committed files
 generate-check: generate
-	@git diff --exit-code --stat -- tracers/ || { echo "generated BPF files are out of date: run 'make generate' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- tracers/ | grep '^??')" || { echo "generate produced files that are not committed:"; git status --porcelain -- tracers/; exit 1; }
+	@git diff --exit-code --stat -- tracers/ internal/ || { echo "generated BPF files are out of date: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- tracers/ internal/ | grep '^??')" || { echo "generate produced files that are not committed:"; git status --porcelain -- tracers/ internal/; exit 1; }
 
 ## vmlinux: regenerate bpf/headers/vmlinux_x86.h from this machine's BTF and
 ## vmlinux_arm64.h from Debian's arm64 kernel package
