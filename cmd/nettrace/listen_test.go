@@ -105,8 +105,9 @@ func TestListenJSON(t *testing.T) {
 	if row["backlog"] != 10.0 || row["backlog_set_by"] != "somaxconn" {
 		t.Errorf("backlog %v set by %v, want 10 by somaxconn", row["backlog"], row["backlog_set_by"])
 	}
-	if row["accept_queue_peak"] != 11.0 {
-		t.Errorf("accept queue peak %v, want 11", row["accept_queue_peak"])
+	// max+1, or max+2 when two handshakes complete at once on two CPUs.
+	if p := row["accept_queue_peak"]; p != 11.0 && p != 12.0 {
+		t.Errorf("accept queue peak %v, want 11", p)
 	}
 	ovf := header["listen_overflows"].(float64)
 	if ovf == 0 || row["overflows"] != ovf || header["overflows_unattributed"] != 0.0 {

@@ -160,8 +160,10 @@ func TestNeverAccepts(t *testing.T) {
 			if l.Backlog != 10 || !l.CappedBy {
 				t.Errorf("backlog %d capped=%v, want 10 capped by somaxconn", l.Backlog, l.CappedBy)
 			}
-			if l.AcceptPeak != 11 || l.AcceptQ != 11 {
-				t.Errorf("accept queue %d peak %d, want 11 (max+1)", l.AcceptQ, l.AcceptPeak)
+			// The kernel admits max+1 (11); two handshakes completing at
+			// once on two CPUs can both pass the check and make 12.
+			if l.AcceptQ < 11 || l.AcceptQ > 12 || l.AcceptPeak != l.AcceptQ {
+				t.Errorf("accept queue %d peak %d, want 11 (max+1, or 12 on a race)", l.AcceptQ, l.AcceptPeak)
 			}
 			if want == 0 {
 				t.Fatal("no ListenOverflows in the namespace: the test made no overflow")
@@ -179,7 +181,7 @@ func TestNeverAccepts(t *testing.T) {
 			}
 			// Clients in ESTABLISHED beyond the 11 in the queue had their
 			// final ACK dropped; the others never got a SYN-ACK through.
-			if clientsIn < 11 || (fullyAttributed(t, tr) && l.AckOverflows == 0 && clientsIn > 11) {
+			if clientsIn < int(l.AcceptQ) || (fullyAttributed(t, tr) && l.AckOverflows == 0 && clientsIn > int(l.AcceptQ)) {
 				t.Errorf("%d clients established, %d final-ACK overflows", clientsIn, l.AckOverflows)
 			}
 			if f.SynDrops != 0 || fastFailed != 0 {
