@@ -3,13 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nettrace/nettrace/internal/doctor"
 	"github.com/nettrace/nettrace/internal/kernel"
-	"github.com/nettrace/nettrace/internal/netns"
 )
 
 func newDoctor() *cobra.Command {
@@ -25,23 +23,11 @@ func newDoctor() *cobra.Command {
 			if format != "table" && format != "json" {
 				return usageError{fmt.Errorf("unknown output format %q: want table or json", format)}
 			}
-			if opts.PID != 0 {
-				if err := parsePID(opts.PID); err != nil {
-					return err
-				}
-				if opts.NetnsPath == "" {
-					p, err := netns.PathForPID(opts.PID)
-					if err != nil {
-						return err
-					}
-					opts.NetnsPath = p
-				}
+			p, err := resolveNetns(opts.PID, opts.NetnsPath)
+			if err != nil {
+				return err
 			}
-			if opts.NetnsPath != "" {
-				if _, err := os.Stat(opts.NetnsPath); err != nil {
-					return usageError{fmt.Errorf("open network namespace %s: %w", opts.NetnsPath, err)}
-				}
-			}
+			opts.NetnsPath = p
 			if err := requireCaps(kernel.CapBPF, kernel.CapPerfmon, kernel.CapNetAdmin, kernel.CapSysAdmin); err != nil {
 				return err
 			}

@@ -2,12 +2,10 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nettrace/nettrace/internal/kernel"
-	"github.com/nettrace/nettrace/internal/netns"
 	"github.com/nettrace/nettrace/tracers/listen"
 )
 
@@ -32,23 +30,11 @@ namespace's sysctls and its ListenOverflows/ListenDrops/SyncookiesSent.`,
 			if opts.Port < 0 || opts.Port > 65535 {
 				return usageError{fmt.Errorf("invalid port %d", opts.Port)}
 			}
-			if opts.PID != 0 {
-				if err := parsePID(opts.PID); err != nil {
-					return err
-				}
-				if opts.NetnsPath == "" {
-					p, err := netns.PathForPID(opts.PID)
-					if err != nil {
-						return usageError{err}
-					}
-					opts.NetnsPath = p
-				}
+			p, err := resolveNetns(opts.PID, opts.NetnsPath)
+			if err != nil {
+				return err
 			}
-			if opts.NetnsPath != "" {
-				if _, err := os.Stat(opts.NetnsPath); err != nil {
-					return usageError{fmt.Errorf("network namespace %s: %w", opts.NetnsPath, err)}
-				}
-			}
+			opts.NetnsPath = p
 			if opts.Events && tc.out.Sort == "" {
 				tc.rowType = listen.DropRow{}
 			}

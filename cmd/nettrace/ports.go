@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nettrace/nettrace/internal/kernel"
-	"github.com/nettrace/nettrace/internal/netns"
 	"github.com/nettrace/nettrace/internal/output"
 	"github.com/nettrace/nettrace/tracers/ports"
 )
@@ -59,20 +57,8 @@ source -> destination, latency, result); -c then counts events.`,
 			if len(opts.Comm) > 15 {
 				return usageError{fmt.Errorf("--comm %q: the kernel keeps 15 characters of a command name", opts.Comm)}
 			}
-			if opts.PID != 0 {
-				if err := parsePID(opts.PID); err != nil {
-					return err
-				}
-				if opts.Netns == "" {
-					if opts.Netns, err = netns.PathForPID(opts.PID); err != nil {
-						return err
-					}
-				}
-			}
-			if opts.Netns != "" {
-				if _, err := os.Stat(opts.Netns); err != nil {
-					return usageError{fmt.Errorf("open network namespace %s: %w", opts.Netns, err)}
-				}
+			if opts.Netns, err = resolveNetns(opts.PID, opts.Netns); err != nil {
+				return err
 			}
 			opts.Tier = globals.tier
 			if opts.Events {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nettrace/nettrace/internal/attach"
 	"github.com/nettrace/nettrace/internal/kernel"
+	"github.com/nettrace/nettrace/internal/netns"
 )
 
 // usageError marks bad command-line input (exit status 2).
@@ -76,4 +77,28 @@ func parsePID(pid int) error {
 		return usageError{fmt.Errorf("process %d does not exist", pid)}
 	}
 	return nil
+}
+
+// resolveNetns turns --pid and --netns into the network namespace to watch:
+// the path given, else the PID's namespace, else "" (ours). A PID that does
+// not exist or a path that cannot be opened is a usage error.
+func resolveNetns(pid int, path string) (string, error) {
+	if pid != 0 {
+		if err := parsePID(pid); err != nil {
+			return "", err
+		}
+		if path == "" {
+			p, err := netns.PathForPID(pid)
+			if err != nil {
+				return "", usageError{err}
+			}
+			path = p
+		}
+	}
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return "", usageError{fmt.Errorf("open network namespace %s: %w", path, err)}
+		}
+	}
+	return path, nil
 }

@@ -2,12 +2,9 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
-	"github.com/nettrace/nettrace/internal/netns"
 	"github.com/nettrace/nettrace/tracers/timewait"
 )
 
@@ -36,18 +33,15 @@ CLOSE_WAIT grows, and when tcp_max_tw_buckets overflows.`,
 				return usageError{errors.New("--all-netns excludes --netns and --pid")}
 			}
 			if pid != 0 {
-				if err := parsePID(pid); err != nil {
-					return err
-				}
-				p, err := netns.PathForPID(pid)
+				p, err := resolveNetns(pid, "")
 				if err != nil {
 					return err
 				}
 				paths = append(paths, p)
 			}
 			for _, p := range paths {
-				if _, err := os.Stat(p); err != nil {
-					return usageError{fmt.Errorf("open network namespace %s: %w", p, err)}
+				if _, err := resolveNetns(0, p); err != nil {
+					return err
 				}
 			}
 			if tc.out.Sort == "netns" && !all && len(paths) < 2 {
