@@ -122,3 +122,32 @@ func TestBadBundles(t *testing.T) {
 		t.Errorf("after --force: %v, want only notes.txt", left)
 	}
 }
+
+func TestCommandFigures(t *testing.T) {
+	out := `Running 15s test @ http://127.0.0.1:8080/
+  2 threads and 400 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    97.42ms  120.33ms   1.83s    91.77%
+    Req/Sec   393.45    312.45     1.45k    68.05%
+  10720 requests in 15.06s, 628.12KB read
+  Socket errors: connect 0, read 13, write 0, timeout 9
+Requests/sec:    711.95
+Transfer/sec:     41.72KB
+`
+	got := map[string]float64{}
+	for _, f := range bundle.ParseCommandFigures(out) {
+		got[f.Key] = f.Value
+	}
+	want := map[string]float64{"requests_per_s": 711.95, "requests": 10720, "latency_avg_ms": 97.42, "socket_errors": 22, "non_2xx": 0}
+	if len(got) != len(want) {
+		t.Errorf("figures %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	if f := bundle.ParseCommandFigures("hello\n"); len(f) != 0 {
+		t.Errorf("figures from plain output: %v", f)
+	}
+}

@@ -85,6 +85,30 @@ func Compare(a, b *bundle.Bundle) *Comparison {
 		}
 		c.Rows = append(c.Rows, r)
 	}
+	// What the load generator itself saw, when it printed a summary.
+	fa, fb := figureMap(a), figureMap(b)
+	for _, f := range append(a.CommandFigures(), b.CommandFigures()...) {
+		if _, done := fa[f.Key+"\x00done"]; done {
+			continue
+		}
+		fa[f.Key+"\x00done"] = bundle.CommandFigure{}
+		r := CompareRow{Tracer: "command", Key: f.Key, Figure: f.Label, Unit: f.Unit}
+		x, okA := fa[f.Key]
+		y, okB := fb[f.Key]
+		if okA {
+			r.A = ptr(x.Value)
+		}
+		if okB {
+			r.B = ptr(y.Value)
+		}
+		if okA && okB {
+			r.Delta = ptr(y.Value - x.Value)
+			if x.Value != 0 {
+				r.DeltaPct = ptr(100 * (y.Value - x.Value) / math.Abs(x.Value))
+			}
+		}
+		c.Rows = append(c.Rows, r)
+	}
 	wa, wb := warnMap(a), warnMap(b)
 	for _, w := range b.Warnings() {
 		if _, ok := wa[w.Key()]; ok {
@@ -115,6 +139,14 @@ func statMap(b *bundle.Bundle) map[string]bundle.Stat {
 	m := map[string]bundle.Stat{}
 	for _, s := range b.Stats() {
 		m[s.ID()] = s
+	}
+	return m
+}
+
+func figureMap(b *bundle.Bundle) map[string]bundle.CommandFigure {
+	m := map[string]bundle.CommandFigure{}
+	for _, f := range b.CommandFigures() {
+		m[f.Key] = f
 	}
 	return m
 }

@@ -6,9 +6,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nettrace/nettrace/internal/bundle"
 	"github.com/nettrace/nettrace/internal/bundle/bundletest"
+	"github.com/nettrace/nettrace/internal/output"
 )
 
 func load(t *testing.T, dir string) *bundle.Bundle {
@@ -67,5 +69,18 @@ func TestCompare(t *testing.T) {
 	// parse grew (red), write shrank (blue).
 	if !bytes.Contains(data, []byte("parse")) || !bytes.Contains(data, []byte("<svg")) {
 		t.Errorf("diff svg lacks frames")
+	}
+}
+
+func TestProgressLine(t *testing.T) {
+	last := map[string]output.Frame{
+		"ports":  {Interval: 500 * time.Millisecond, Header: []output.Field{{Key: "connects", Value: uint64(40)}, {Key: "failures", Value: 0}}},
+		"listen": {Interval: 500 * time.Millisecond, Header: []output.Field{{Key: "listen_overflows", Value: uint64(3)}}},
+		"sched":  {Interval: 500 * time.Millisecond, Header: []output.Field{{Key: "runq_p99_us", Value: 12.5}}},
+	}
+	got := progressLine(12*time.Second+300*time.Millisecond, 30*time.Second, last, []string{"ports", "listen", "sched"})
+	want := "recording 12s of 30s (18s left)  connects 80/s  failed 0/s  overflows 6/s  runq p99 12.5us"
+	if got != want {
+		t.Errorf("progress line\n got %q\nwant %q", got, want)
 	}
 }

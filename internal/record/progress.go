@@ -39,7 +39,18 @@ func newProgress(w io.Writer, start time.Time, d time.Duration) *progress {
 	return p
 }
 
-// line is the progress text for the latest frames.
+// short are the headlines the progress line shows, with short labels.
+var short = map[string]string{
+	"ports.connects":          "connects",
+	"ports.failures":          "failed",
+	"listen.listen_overflows": "overflows",
+	"softirq.softirq_cpu_pct": "softirq",
+	"sched.switches":          "cswch",
+	"sched.runq_p99_us":       "runq p99",
+	"timewait.time_wait":      "TIME_WAIT",
+}
+
+// progressLine is the progress text for the latest frames.
 func progressLine(elapsed, duration time.Duration, last map[string]output.Frame, names []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "recording %s", elapsed.Truncate(time.Second))
@@ -65,7 +76,10 @@ func progressLine(elapsed, duration time.Duration, last map[string]output.Frame,
 				if h.Kind == bundle.Count && f.Interval > 0 {
 					v, unit = v/f.Interval.Seconds(), "/s"
 				}
-				label, _, _ := strings.Cut(h.Label, " (")
+				label, ok := short[h.ID()]
+				if !ok {
+					continue
+				}
 				fmt.Fprintf(&b, "  %s %s%s", label, num(v), unit)
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"runtime"
@@ -531,6 +532,9 @@ func Summary(b *bundle.Bundle) string {
 	for _, st := range b.Stats() {
 		rows = append(rows, []string{st.Tracer, st.Label, FormatStat(st)})
 	}
+	for _, f := range b.CommandFigures() {
+		rows = append(rows, []string{"command", f.Label, num(f.Value) + f.Unit})
+	}
 	output.WriteTable(&s, []string{"TRACER", "FIGURE", "VALUE"}, rows)
 	ws := b.Warnings()
 	if len(ws) == 0 {
@@ -560,12 +564,12 @@ func FormatStat(st bundle.Stat) string {
 }
 
 func num(v float64) string {
-	switch {
+	switch a := math.Abs(v); {
 	case v == float64(int64(v)):
 		return fmt.Sprintf("%d", int64(v))
-	case v >= 100:
+	case a >= 100:
 		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
+	case a >= 10:
 		return fmt.Sprintf("%.1f", v)
 	}
 	return fmt.Sprintf("%.2f", v)

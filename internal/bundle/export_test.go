@@ -1,0 +1,3 @@
+package bundle
+
+var ParseCommandFigures = parseCommandFigures
