@@ -18,6 +18,11 @@
  *     SO_RCVBUF (backpressure: TCP then blocks the sender as usual);
  *   - no_queue_info: this kernel's sk_psock has no msg_tot_len to bound the
  *     queue with;
+ *   - bulk: this socket sent more than bulk_bytes since its peer last sent
+ *     anything: a one-way bulk flow, which TCP carries faster. It stays on
+ *     TCP from then on (never back to redirect);
+ *   - comm: --comm is set and the task sending now, or the task that last
+ *     sent on the peer socket, has another comm (or the peer never sent).
  *   - internal: a helper failed.
  */
 #include "vmlinux.h"
@@ -38,6 +43,12 @@ char LICENSE[] SEC("license") = "GPL";
 /* Ports selected by --ports (host byte order); n_ports == 0 selects all. */
 const volatile __u16 sel_ports[MAX_PORTS] = {};
 const volatile __u32 n_ports = 0;
+/* A socket that sends more than this many bytes without its peer sending
+ * anything back is a bulk flow: it stays on TCP. 0 = no limit. */
+const volatile __u64 bulk_bytes = 0;
+/* --comm: redirect only between sockets whose senders have this comm. */
+const volatile char sel_comm[16] = {};
+const volatile __u32 has_comm = 0;
 
 /* One end of a connection: addresses as IPv6 (IPv4 mapped), host-order ports. */
 struct sk_key {
@@ -74,6 +85,8 @@ enum redir_stat {
 	ST_MISS_PEER_SPLICED,
 	ST_MISS_PEER_FULL,
 	ST_MISS_NO_QUEUE_INFO,
+	ST_MISS_BULK,
+	ST_MISS_COMM,
 	ST_MISS_INTERNAL,
 	ST_SOCK_ADDED,
 	ST_SOCK_ADD_FAILED,
@@ -106,6 +119,9 @@ struct {
 struct sockref {
 	__u64 addr;
 	__u64 cookie;
+	__u64 unanswered; /* bytes this socket sent since its peer last sent */
+	__u32 bulk;       /* sent more than bulk_bytes unanswered: TCP for good */
+	__u32 comm_ok;    /* the task that last sent on it had comm sel_comm */
 };
 
 struct {
@@ -264,6 +280,7 @@ int redirect_sockops(struct bpf_sock_ops *skops)
 	sk = skops->sk;
 	if (!sk)
 		return 1;
+	__builtin_memset(&ref, 0, sizeof(ref));
 	ref.addr = (__u64)sk;
 	ref.cookie = bpf_get_socket_cookie(skops);
 	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -317,11 +334,31 @@ static __always_inline __u32 check_peer(const struct sockref *ref, __u32 write_s
 	return 0;
 }
 
+/* comm_selected says whether the current task's comm is sel_comm. sk_msg
+ * runs in the sending task (sendmsg), unlike sockops' established
+ * callbacks, which on loopback run in softirq on whatever task was
+ * interrupted. */
+static __always_inline int comm_selected(void)
+{
+	char comm[16] = {};
+	int i;
+
+	if (bpf_get_current_comm(comm, sizeof(comm)))
+		return 0;
+	for (i = 0; i < 16; i++) {
+		if (comm[i] != sel_comm[i])
+			return 0;
+		if (!comm[i])
+			break;
+	}
+	return 1;
+}
+
 SEC("sk_msg")
 int redirect_msg(struct sk_msg_md *msg)
 {
 	struct sk_key key = {}, peer_key = {};
-	struct sockref *ref;
+	struct sockref *ref, *mine;
 	struct bpf_sock *sk;
 	struct tcp_sock *me;
 	__u32 size = msg->size, reason;
@@ -357,6 +394,26 @@ int redirect_msg(struct sk_msg_md *msg)
 	if (!ref) {
 		reason = ST_MISS_NO_PEER;
 		goto pass;
+	}
+	mine = bpf_map_lookup_elem(&socks, &key);
+	if (!mine)
+		goto pass;
+	/* We answer the peer: its run of one-way bytes ends. */
+	ref->unanswered = 0;
+	if (has_comm) {
+		mine->comm_ok = comm_selected();
+		if (!mine->comm_ok || !ref->comm_ok) {
+			reason = ST_MISS_COMM;
+			goto pass;
+		}
+	}
+	if (bulk_bytes) {
+		mine->unanswered += size;
+		if (mine->bulk || mine->unanswered > bulk_bytes) {
+			mine->bulk = 1;
+			reason = ST_MISS_BULK;
+			goto pass;
+		}
 	}
 	reason = check_peer(ref, me->write_seq, size);
 	if (reason)

@@ -36,6 +36,7 @@ and is counted with its reason (see status). It stays pinned under
 	var (
 		cgroup string
 		ports  string
+		comm   string
 	)
 	enable := &cobra.Command{
 		Use:   "enable",
@@ -46,10 +47,13 @@ and is counted with its reason (see status). It stays pinned under
 			if err != nil {
 				return usageError{err}
 			}
+			if len(comm) > 15 {
+				return usageError{fmt.Errorf("--comm %q: a comm has at most 15 bytes", comm)}
+			}
 			if err := requireCaps(redirect.Caps...); err != nil {
 				return err
 			}
-			if err := redirect.Enable(redirect.Options{Cgroup: cgroup, Ports: ps, PinDir: pinDir}); err != nil {
+			if err := redirect.Enable(redirect.Options{Cgroup: cgroup, Ports: ps, PinDir: pinDir, Comm: comm}); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "redirect enabled, pinned in %s\n", pinDir)
@@ -58,6 +62,7 @@ and is counted with its reason (see status). It stays pinned under
 	}
 	enable.Flags().StringVar(&cgroup, "cgroup", "", "cgroup v2 directory whose sockets are redirected (default: the cgroup v2 root)")
 	enable.Flags().StringVar(&ports, "ports", "", "only connections with one of these ports at either end, e.g. 8080,6379")
+	enable.Flags().StringVar(&comm, "comm", "", "only between sockets whose sending tasks have this comm at both ends (a peer that never sent is not redirected to)")
 
 	var format string
 	status := &cobra.Command{

@@ -21,6 +21,10 @@ func TestRedirectBadPorts(t *testing.T) {
 	oneLineError(t, run(t, nil, "redirect", "enable", "--ports", "80,x"), 2, `"x" is not a port`)
 }
 
+func TestRedirectBadComm(t *testing.T) {
+	oneLineError(t, run(t, nil, "redirect", "enable", "--comm", "a-comm-longer-than-15"), 2, "at most 15 bytes")
+}
+
 // enable, real loopback traffic from a child cgroup, status -o json against
 // what the client sent, then disable and the kernel's own view.
 func TestRedirectCLI(t *testing.T) {

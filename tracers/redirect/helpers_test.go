@@ -64,6 +64,12 @@ func newCgroup(t *testing.T) string {
 // end and checks nothing is left behind.
 func setup(t *testing.T, ports ...uint16) (*testutil.Netns, string, string) {
 	t.Helper()
+	return setupOpts(t, Options{Ports: ports})
+}
+
+// setupOpts is setup with more options; Cgroup and PinDir are the test's.
+func setupOpts(t *testing.T, opts Options) (*testutil.Netns, string, string) {
+	t.Helper()
 	testutil.RequireBPF(t)
 	if err := Supported(); err != nil {
 		t.Skipf("redirect not supported here: %v", err)
@@ -71,7 +77,8 @@ func setup(t *testing.T, ports ...uint16) (*testutil.Netns, string, string) {
 	ns := testutil.NewNetns(t)
 	cg := newCgroup(t)
 	pins := filepath.Join(kernel.BPFFSPath, "nettrace", fmt.Sprintf("redirect-test-%d", os.Getpid()))
-	if err := Enable(Options{Cgroup: cg, Ports: ports, PinDir: pins}); err != nil {
+	opts.Cgroup, opts.PinDir = cg, pins
+	if err := Enable(opts); err != nil {
 		t.Fatalf("enable: %+v", err)
 	}
 	t.Cleanup(func() {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -38,11 +39,25 @@ const (
 
 var mapNames = []string{"sock_hash", "socks", "spliced", "settings", "stats"}
 
+// DefaultBulkBytes is Options.BulkBytes when 0: a socket that sends more
+// than this without its peer sending anything back stays on TCP, which
+// carries one-way bulk flows faster than redirect (see docs/redirect.md).
+const DefaultBulkBytes = 1 << 20
+
 // Options say where to redirect.
 type Options struct {
 	Cgroup string   // cgroup v2 directory to attach to; "" = the root of the cgroup v2 mount
 	Ports  []uint16 // redirect only connections with one of these ports at either end; empty = all
 	PinDir string   // "" = DefaultPinDir
+	// Comm, when set, redirects only between sockets whose sending task
+	// has this comm at both ends: the task sending now, and the task that
+	// last sent on the peer socket (a peer that never sent is not redirected
+	// to). At most 15 bytes.
+	Comm string
+	// BulkBytes: after sending more than this many bytes with nothing sent
+	// back by the peer, a socket stays on TCP for good. 0 =
+	// DefaultBulkBytes, negative = no limit.
+	BulkBytes int64
 }
 
 func pinDir(dir string) string {
@@ -80,6 +95,9 @@ func Supported() error {
 func Enable(opts Options) (err error) {
 	if len(opts.Ports) > MaxPorts {
 		return fmt.Errorf("select ports: at most %d, got %d", MaxPorts, len(opts.Ports))
+	}
+	if len(opts.Comm) > 15 || strings.ContainsRune(opts.Comm, 0) {
+		return fmt.Errorf("select comm: %q is not a comm (at most 15 bytes, no NUL)", opts.Comm)
 	}
 	if err := Supported(); err != nil {
 		return fmt.Errorf("check kernel: %w", err)
@@ -124,6 +142,23 @@ func Enable(opts Options) (err error) {
 	}
 	if err := spec.Variables["n_ports"].Set(uint32(len(opts.Ports))); err != nil {
 		return fmt.Errorf("set ports: %w", err)
+	}
+	var comm [16]byte
+	copy(comm[:], opts.Comm)
+	if err := spec.Variables["sel_comm"].Set(comm); err != nil {
+		return fmt.Errorf("set comm: %w", err)
+	}
+	if err := spec.Variables["has_comm"].Set(uint32(min(len(opts.Comm), 1))); err != nil {
+		return fmt.Errorf("set comm: %w", err)
+	}
+	bulk := uint64(DefaultBulkBytes)
+	if opts.BulkBytes < 0 {
+		bulk = 0
+	} else if opts.BulkBytes > 0 {
+		bulk = uint64(opts.BulkBytes)
+	}
+	if err := spec.Variables["bulk_bytes"].Set(bulk); err != nil {
+		return fmt.Errorf("set bulk threshold: %w", err)
 	}
 	for _, name := range mapNames {
 		spec.Maps[name].Pinning = ebpf.PinByName

@@ -42,15 +42,17 @@ const (
 	redirectRedirStatST_MISS_PEER_SPLICED       redirectRedirStat = 9
 	redirectRedirStatST_MISS_PEER_FULL          redirectRedirStat = 10
 	redirectRedirStatST_MISS_NO_QUEUE_INFO      redirectRedirStat = 11
-	redirectRedirStatST_MISS_INTERNAL           redirectRedirStat = 12
-	redirectRedirStatST_SOCK_ADDED              redirectRedirStat = 13
-	redirectRedirStatST_SOCK_ADD_FAILED         redirectRedirStat = 14
-	redirectRedirStatST_SOCK_NOT_ADDED_DRAINING redirectRedirStat = 15
-	redirectRedirStatST_SPLICE_MARKED           redirectRedirStat = 16
-	redirectRedirStatST_SPLICE_MARK_FAILED      redirectRedirStat = 17
-	redirectRedirStatST_SPLICE_STRANDED         redirectRedirStat = 18
-	redirectRedirStatST_SPLICE_STRANDED_BYTES   redirectRedirStat = 19
-	redirectRedirStatST_MAX                     redirectRedirStat = 20
+	redirectRedirStatST_MISS_BULK               redirectRedirStat = 12
+	redirectRedirStatST_MISS_COMM               redirectRedirStat = 13
+	redirectRedirStatST_MISS_INTERNAL           redirectRedirStat = 14
+	redirectRedirStatST_SOCK_ADDED              redirectRedirStat = 15
+	redirectRedirStatST_SOCK_ADD_FAILED         redirectRedirStat = 16
+	redirectRedirStatST_SOCK_NOT_ADDED_DRAINING redirectRedirStat = 17
+	redirectRedirStatST_SPLICE_MARKED           redirectRedirStat = 18
+	redirectRedirStatST_SPLICE_MARK_FAILED      redirectRedirStat = 19
+	redirectRedirStatST_SPLICE_STRANDED         redirectRedirStat = 20
+	redirectRedirStatST_SPLICE_STRANDED_BYTES   redirectRedirStat = 21
+	redirectRedirStatST_MAX                     redirectRedirStat = 22
 )
 
 type redirectSkKey struct {
@@ -63,9 +65,12 @@ type redirectSkKey struct {
 }
 
 type redirectSockref struct {
-	_      structs.HostLayout
-	Addr   uint64
-	Cookie uint64
+	_          structs.HostLayout
+	Addr       uint64
+	Cookie     uint64
+	Unanswered uint64
+	Bulk       uint32
+	CommOk     uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -81,7 +86,10 @@ const (
 	redirectProgRedirectPending = "redirect_pending"
 	redirectProgRedirectSockops = "redirect_sockops"
 	redirectProgRedirectSplice  = "redirect_splice"
+	redirectVarBulkBytes        = "bulk_bytes"
+	redirectVarHasComm          = "has_comm"
 	redirectVarN_ports          = "n_ports"
+	redirectVarSelComm          = "sel_comm"
 	redirectVarSelPorts         = "sel_ports"
 	redirectVarUnusedPendingRec = "unused_pending_rec"
 	redirectVarUnusedRedirStat  = "unused_redir_stat"
@@ -150,7 +158,10 @@ type redirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectVariableSpecs struct {
+	BulkBytes        *ebpf.VariableSpec `ebpf:"bulk_bytes"`
+	HasComm          *ebpf.VariableSpec `ebpf:"has_comm"`
 	N_ports          *ebpf.VariableSpec `ebpf:"n_ports"`
+	SelComm          *ebpf.VariableSpec `ebpf:"sel_comm"`
 	SelPorts         *ebpf.VariableSpec `ebpf:"sel_ports"`
 	UnusedPendingRec *ebpf.VariableSpec `ebpf:"unused_pending_rec"`
 	UnusedRedirStat  *ebpf.VariableSpec `ebpf:"unused_redir_stat"`
@@ -197,7 +208,10 @@ func (m *redirectMaps) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectVariables struct {
+	BulkBytes        *ebpf.Variable `ebpf:"bulk_bytes"`
+	HasComm          *ebpf.Variable `ebpf:"has_comm"`
 	N_ports          *ebpf.Variable `ebpf:"n_ports"`
+	SelComm          *ebpf.Variable `ebpf:"sel_comm"`
 	SelPorts         *ebpf.Variable `ebpf:"sel_ports"`
 	UnusedPendingRec *ebpf.Variable `ebpf:"unused_pending_rec"`
 	UnusedRedirStat  *ebpf.Variable `ebpf:"unused_redir_stat"`

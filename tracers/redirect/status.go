@@ -58,7 +58,7 @@ type Counters struct {
 }
 
 // MissReasons are the keys of Counters.Misses, in the order of the stats map.
-var MissReasons = []string{"draining", "no_peer", "peer_closing", "tcp_unread", "peer_unproven", "peer_spliced", "peer_full", "no_queue_info", "internal"}
+var MissReasons = []string{"draining", "no_peer", "peer_closing", "tcp_unread", "peer_unproven", "peer_spliced", "peer_full", "no_queue_info", "bulk", "comm", "internal"}
 
 // ReadStatus reads what is pinned under dir ("" = DefaultPinDir) and asks
 // the kernel what is attached. Nothing pinned is not an error.
