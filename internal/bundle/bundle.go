@@ -289,7 +289,7 @@ func Create(dir string, force bool) (*Writer, error) {
 func isBundleFile(name string) bool {
 	switch name {
 	case MetaFile, SettingsBeforeFile, SettingsAfterFile, ProfilePprofFile, ProfileFoldedFile,
-		ProfileSVGFile, StdoutFile, StderrFile, SummaryFile:
+		ProfileSVGFile, StdoutFile, StderrFile, SummaryFile, "report.html":
 		return true
 	}
 	return strings.HasSuffix(name, ".ndjson")

@@ -370,7 +370,7 @@ func (r *recorder) commandExited(err error) {
 	case errors.As(err, &ee):
 		code = ee.ExitCode()
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			r.meta.CommandError = "killed by " + ws.Signal().String()
+			r.meta.CommandError = "killed by " + unix.SignalName(ws.Signal())
 			code = 128 + int(ws.Signal())
 		}
 	default:
