@@ -10,8 +10,10 @@
  * entry is written by that thread's own switches, which the scheduler
  * serializes, except ts_queued, which a waker sets while the thread sleeps.
  *
- * The off-CPU accounting is shared with the profiler's off-CPU stacks: see
- * offcpu_out/offcpu_in and the offcpu_stacks guard. */
+ * The off-CPU accounting is shared with the profiler's off-CPU stacks
+ * (nettrace profile --off-cpu): with offcpu_stacks set, offcpu_out records
+ * where a thread blocked and offcpu_in charges the span to that stack; with
+ * it clear (nettrace sched), that code is dead and the verifier drops it. */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
 #include "bpf_tracing.h"
@@ -22,6 +24,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define TASK_RUNNING 0
 #define TASK_COMM_LEN 16
+#define MAX_STACK_DEPTH 127
+#define EFAULT 14
+#define EEXIST 17
 
 /* Filters, set from Go: only this process (0: all), only tasks in this
  * cgroup v2 or below it (id 0: all; level is its depth). */
@@ -30,10 +35,12 @@ const volatile __u64 targ_cgid = 0;
 const volatile __u32 targ_cglevel = 0;
 /* Off-CPU spans shorter than this are not added to offcpu_ns. */
 const volatile __u64 min_block_ns = 0;
-/* Reserved for the profiler's off-CPU stacks (false here): when true,
- * offcpu_out records where a thread blocked and offcpu_in charges the span
- * to it. */
+/* The profiler's off-CPU stacks: when true, offcpu_out records where a
+ * thread blocked and offcpu_in charges the span to that stack. */
 const volatile bool offcpu_stacks = false;
+/* Only processes with this name (the first 15 bytes), when filter_comm. */
+const volatile bool filter_comm = false;
+const volatile char targ_comm[TASK_COMM_LEN] = {};
 
 struct task_stat {
 	__u64 ts_in;	 /* switched in at (0: not seen on CPU yet) */
@@ -46,7 +53,9 @@ struct task_stat {
 	__u64 offcpu_ns; /* switch-out to switch-in, spans >= min_block_ns */
 	__u64 oncpu_ns;	 /* switch-in to switch-out */
 	__u32 tgid;
-	__s32 stack_id;	 /* where it blocked, with offcpu_stacks; -1 otherwise */
+	__s32 kstack;	 /* where it blocked, with offcpu_stacks: kernel stack id */
+	__s32 ustack;	 /* and user stack id (-1: none) */
+	__u32 pad;
 	char comm[TASK_COMM_LEN];
 	struct hist runq; /* run-queue delays, log2 microseconds */
 };
@@ -58,20 +67,9 @@ struct {
 	__type(value, struct task_stat);
 } tasks SEC(".maps");
 
-/* The selection as a whole, per CPU: the --dist histogram. Switch counts
- * are summed from the tasks in user space, to keep sched_switch's prev
- * side to one lookup. */
-struct sys_stat {
-	__u64 runq_ns;
-	struct hist runq; /* log2 microseconds */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct sys_stat);
-} sys SEC(".maps");
+/* Figures of the selection as a whole (switch counts, the --dist run-queue
+ * histogram) are summed from the tasks' in user space: sched_switch touches
+ * no map but the tasks of prev and next. */
 
 /* Threads not tracked because the tasks map was full. */
 struct {
@@ -81,7 +79,69 @@ struct {
 	__type(value, __u64);
 } dropped SEC(".maps");
 
-static const struct task_stat zero_stat = { .stack_id = -1 };
+/* Off-CPU time by (thread, kernel stack, user stack), with offcpu_stacks.
+ * Sized from Go; one entry (unused) for nettrace sched. */
+struct offcpu_key {
+	__u32 tgid;
+	__u32 pid;
+	__s32 kstack; /* <0: -errno of bpf_get_stackid (-EFAULT: none) */
+	__s32 ustack;
+};
+
+struct offcpu_val {
+	__u64 ns;    /* time off CPU */
+	__u64 count; /* spans */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct offcpu_key);
+	__type(value, struct offcpu_val);
+} offcpu SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
+} offcpu_stackmap SEC(".maps");
+
+/* What the off-CPU side lost, per CPU. */
+enum offcpu_lost_reason {
+	OFFCPU_LOST_SPAN = 0,	 /* offcpu map full: the span is not charged */
+	OFFCPU_LOST_USER_STACK,	 /* stack map full or hash collision */
+	OFFCPU_LOST_KERNEL_STACK,
+	OFFCPU_LOST_NEW_PID,	 /* pid table or ring buffer full: captured late */
+	OFFCPU_LOST_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, OFFCPU_LOST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} offcpu_lost SEC(".maps");
+
+/* Processes announced to user space (through new_pids) so that it reads
+ * their mappings while they run, as the on-CPU profiler does. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8);
+} seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} new_pids SEC(".maps");
+
+/* Keep the types for bpf2go. */
+const struct offcpu_key *unused_offcpu_key __attribute__((unused));
+const struct offcpu_val *unused_offcpu_val __attribute__((unused));
+
+static const struct task_stat zero_stat = { .kstack = -1, .ustack = -1 };
 
 static __always_inline bool cgroup_wanted(struct task_struct *t)
 {
@@ -95,11 +155,27 @@ static __always_inline bool cgroup_wanted(struct task_struct *t)
 	return anc && BPF_CORE_READ(anc, kn, id) == targ_cgid;
 }
 
+static __always_inline bool comm_wanted(struct task_struct *t)
+{
+	char comm[TASK_COMM_LEN];
+
+	BPF_CORE_READ_STR_INTO(&comm, t, group_leader, comm);
+	for (int i = 0; i < TASK_COMM_LEN; i++) {
+		if (comm[i] != targ_comm[i])
+			return false;
+		if (comm[i] == 0)
+			break;
+	}
+	return true;
+}
+
 static __always_inline bool wanted(__u32 pid, __u32 tgid, struct task_struct *t)
 {
 	if (!pid) /* the idle task */
 		return false;
 	if (targ_tgid && tgid != targ_tgid)
+		return false;
+	if (filter_comm && !comm_wanted(t))
 		return false;
 	if (targ_cgid && !cgroup_wanted(t))
 		return false;
@@ -130,29 +206,92 @@ static __always_inline struct task_stat *get_stat(__u32 pid, __u32 tgid, struct 
 	return s;
 }
 
-/* offcpu_out runs when a thread leaves the CPU, in its own context (it is
- * current): a stack-capturing variant records bpf_get_stackid() into
- * s->stack_id here, guarded by offcpu_stacks. */
-static __always_inline void offcpu_out(struct task_stat *s, __u64 now)
+static __always_inline void offcpu_count_lost(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&offcpu_lost, &reason);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline void announce(__u32 tgid)
+{
+	__u8 one = 1;
+	__u32 *e;
+	long err;
+
+	if (bpf_map_lookup_elem(&seen, &tgid))
+		return;
+	err = bpf_map_update_elem(&seen, &tgid, &one, BPF_NOEXIST);
+	if (err == -EEXIST) /* another CPU announced it first */
+		return;
+	if (err) {
+		offcpu_count_lost(OFFCPU_LOST_NEW_PID);
+		return;
+	}
+	e = bpf_ringbuf_reserve(&new_pids, sizeof(*e), 0);
+	if (!e) {
+		offcpu_count_lost(OFFCPU_LOST_NEW_PID);
+		return;
+	}
+	*e = tgid;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* offcpu_out runs when a thread leaves the CPU, in its own context (on
+ * sched_switch, current is still prev): with offcpu_stacks it records
+ * where the thread blocked. */
+static __always_inline void offcpu_out(void *ctx, struct task_stat *s, __u64 now)
 {
 	s->ts_out = now;
+	if (!offcpu_stacks)
+		return;
+	/* Skip this program, bpf_trace_run4 and __traceiter_sched_switch:
+	 * the stack starts at __schedule. */
+	s->kstack = bpf_get_stackid(ctx, &offcpu_stackmap, 3 & BPF_F_SKIP_FIELD_MASK);
+	if (s->kstack < 0 && s->kstack != -EFAULT)
+		offcpu_count_lost(OFFCPU_LOST_KERNEL_STACK);
+	s->ustack = bpf_get_stackid(ctx, &offcpu_stackmap, BPF_F_USER_STACK);
+	if (s->ustack < 0 && s->ustack != -EFAULT)
+		offcpu_count_lost(OFFCPU_LOST_USER_STACK);
+	announce(s->tgid);
 }
 
 /* offcpu_in runs when the thread gets the CPU back, with the span it was
- * off; a stack-capturing variant adds d to a map keyed by s->stack_id here. */
-static __always_inline void offcpu_in(struct task_stat *s, __u64 d)
+ * off (at least min_block_ns): with offcpu_stacks it charges the span to
+ * the stack offcpu_out recorded. A thread's switches are serialized, so its
+ * entries need no atomics. */
+static __always_inline void offcpu_in(struct task_stat *s, __u32 pid, __u64 d)
 {
+	struct offcpu_key key;
+	struct offcpu_val *v, init = {};
+
 	s->offcpu_ns += d;
+	if (!offcpu_stacks)
+		return;
+	key.tgid = s->tgid;
+	key.pid = pid;
+	key.kstack = s->kstack;
+	key.ustack = s->ustack;
+	v = bpf_map_lookup_elem(&offcpu, &key);
+	if (!v) {
+		bpf_map_update_elem(&offcpu, &key, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&offcpu, &key);
+		if (!v) {
+			offcpu_count_lost(OFFCPU_LOST_SPAN);
+			return;
+		}
+	}
+	v->ns += d;
+	v->count++;
 }
 
-static __always_inline void on_switch(bool preempt, unsigned int prev_state,
+static __always_inline void on_switch(void *ctx, bool preempt, unsigned int prev_state,
 				      struct task_struct *prev, __u32 prev_pid, __u32 prev_tgid,
 				      struct task_struct *next, __u32 next_pid, __u32 next_tgid)
 {
 	struct task_stat *s;
-	struct sys_stat *ss;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 zero = 0;
 	bool invol;
 
 	if (wanted(prev_pid, prev_tgid, prev)) {
@@ -170,7 +309,7 @@ static __always_inline void on_switch(bool preempt, unsigned int prev_state,
 			if (s->ts_in)
 				s->oncpu_ns += now - s->ts_in;
 			s->ts_in = 0;
-			offcpu_out(s, now);
+			offcpu_out(ctx, s, now);
 		}
 	}
 	if (!wanted(next_pid, next_tgid, next))
@@ -186,18 +325,13 @@ static __always_inline void on_switch(bool preempt, unsigned int prev_state,
 		if (d > s->runq_max_ns)
 			s->runq_max_ns = d;
 		hist_add(&s->runq, d / 1000);
-		ss = bpf_map_lookup_elem(&sys, &zero);
-		if (ss) {
-			ss->runq_ns += d;
-			hist_add(&ss->runq, d / 1000);
-		}
 	}
 	if (s->ts_out) {
 		__u64 d = now - s->ts_out;
 
 		s->ts_out = 0;
 		if (d >= min_block_ns)
-			offcpu_in(s, d);
+			offcpu_in(s, next_pid, d);
 	}
 	s->ts_in = now;
 }
@@ -217,7 +351,7 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(sched_switch_btf, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	on_switch(preempt, prev_state, prev, prev->pid, prev->tgid, next, next->pid, next->tgid);
+	on_switch(ctx, preempt, prev_state, prev, prev->pid, prev->tgid, next, next->pid, next->tgid);
 	return 0;
 }
 
@@ -239,7 +373,7 @@ SEC("raw_tp/sched_switch")
 int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	on_switch(preempt, prev_state, prev, BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, tgid),
+	on_switch(ctx, preempt, prev_state, prev, BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, tgid),
 		  next, BPF_CORE_READ(next, pid), BPF_CORE_READ(next, tgid));
 	return 0;
 }
@@ -255,5 +389,29 @@ SEC("raw_tp/sched_wakeup_new")
 int BPF_PROG(sched_wakeup_new_raw, struct task_struct *p)
 {
 	on_wakeup(p, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid));
+	return 0;
+}
+
+/* A process that execs gets new mappings: with offcpu_stacks, forget that
+ * it was announced, so that its next switch announces it again. */
+static __always_inline void on_exec(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (offcpu_stacks)
+		bpf_map_delete_elem(&seen, &tgid);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(sched_exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	on_exec();
+	return 0;
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(sched_exec_raw, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	on_exec();
 	return 0;
 }

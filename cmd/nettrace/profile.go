@@ -29,6 +29,8 @@ type profileFlags struct {
 	outputs     []string
 	http        string
 	includeIdle bool
+	offCPU      bool
+	minBlock    time.Duration
 }
 
 // outputKind maps an -o file name to its format by extension.
@@ -55,10 +57,16 @@ func newProfile() *cobra.Command {
 (default 99 Hz), kernel and user frames, for -d or until Ctrl-C, then writes
 each -o file by its extension: .pb.gz (pprof), .folded (folded stacks), .svg
 (flame graph); without -o, folded stacks go to stdout. --http serves pprof's
-web UI for the profile just taken (on 127.0.0.1 unless a host is named).`,
+web UI for the profile just taken (on 127.0.0.1 unless a host is named).
+
+--off-cpu records time blocked instead, like bcc's offcputime: every span a
+thread spends off CPU (from sched_switch out to in, at least --min-block),
+weighted by its duration and charged to the kernel and user stack where the
+thread left the CPU; folded stacks then count microseconds.`,
 		Example: `  nettrace profile -d 10s -o cpu.pb.gz -o cpu.svg
   nettrace profile -p 1234 -F 499 -d 5s > app.folded
-  nettrace profile --comm nginx -d 30s --http :8080`,
+  nettrace profile --comm nginx -d 30s --http :8080
+  nettrace profile --off-cpu --min-block 1ms -p 1234 -d 10s -o offcpu.svg`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return runProfile(cmd, f) },
 	}
@@ -71,6 +79,8 @@ web UI for the profile just taken (on 127.0.0.1 unless a host is named).`,
 	fl.StringArrayVarP(&f.outputs, "output", "o", nil, "write the profile to this file: .pb.gz, .folded or .svg (repeatable)")
 	fl.StringVar(&f.http, "http", "", "serve pprof's web UI for the profile on this address (host:port, :port binds to 127.0.0.1)")
 	fl.BoolVar(&f.includeIdle, "include-idle", false, "keep samples of idle CPUs (the swapper task)")
+	fl.BoolVar(&f.offCPU, "off-cpu", false, "record time blocked off CPU by stack (sched_switch) instead of sampling CPUs")
+	fl.DurationVar(&f.minBlock, "min-block", 0, "with --off-cpu: leave out spans off CPU shorter than this")
 	return cmd
 }
 
@@ -82,6 +92,12 @@ func runProfile(cmd *cobra.Command, f profileFlags) error {
 	}
 	if f.freq <= 0 || f.freq > 100000 {
 		return usageError{fmt.Errorf("invalid frequency %d: want 1 to 100000 Hz", f.freq)}
+	}
+	if f.minBlock < 0 {
+		return usageError{fmt.Errorf("invalid minimum block time %s", f.minBlock)}
+	}
+	if f.minBlock > 0 && !f.offCPU {
+		return usageError{fmt.Errorf("--min-block needs --off-cpu")}
 	}
 	if f.duration < 0 {
 		return usageError{fmt.Errorf("invalid duration %s", f.duration)}
@@ -108,21 +124,25 @@ func runProfile(cmd *cobra.Command, f profileFlags) error {
 		return err
 	}
 	t, err := profile.New(profile.Options{PID: f.pid, Comm: f.comm, Cgroup: f.cgroup, Frequency: f.freq,
-		IncludeIdle: f.includeIdle, Tier: globals.tier})
+		IncludeIdle: f.includeIdle, Tier: globals.tier, OffCPU: f.offCPU, MinBlock: f.minBlock})
 	if err != nil {
 		return err
 	}
 	defer t.Close()
 	stderr := cmd.ErrOrStderr()
 	ctx := cmd.Context()
+	what := fmt.Sprintf("Sampling at %d Hz", f.freq)
+	if f.offCPU {
+		what = "Recording time off CPU"
+	}
 	if f.duration > 0 {
-		fmt.Fprintf(stderr, "Sampling at %d Hz for %s...\n", f.freq, f.duration)
+		fmt.Fprintf(stderr, "%s for %s...\n", what, f.duration)
 		select {
 		case <-ctx.Done():
 		case <-time.After(f.duration):
 		}
 	} else {
-		fmt.Fprintf(stderr, "Sampling at %d Hz... Hit Ctrl-C to end.\n", f.freq)
+		fmt.Fprintf(stderr, "%s... Hit Ctrl-C to end.\n", what)
 		<-ctx.Done()
 	}
 	p, err := t.Profile()
@@ -130,12 +150,7 @@ func runProfile(cmd *cobra.Command, f profileFlags) error {
 		return err
 	}
 	t.Close()
-	fmt.Fprintf(stderr, "%d samples in %.1fs on %d CPUs", p.Total(), p.Duration.Seconds(), p.CPUs)
-	if l := p.Lost; l != (profile.Lost{}) {
-		fmt.Fprintf(stderr, " (lost: %d samples, %d user stacks, %d kernel stacks; %d processes captured late)",
-			l.Samples, l.UserStacks, l.KernelStacks, l.LateCaptures)
-	}
-	fmt.Fprintln(stderr)
+	fmt.Fprintln(stderr, p.Summary())
 	if p.KernelRestricted {
 		fmt.Fprintln(stderr, "warning: /proc/kallsyms shows only zero addresses (kernel.kptr_restrict): kernel frames are written as kernel+0xADDR")
 	}
@@ -195,10 +210,15 @@ func writeProfile(stdout io.Writer, name string, p *profile.Profile) (err error)
 	case "folded":
 		err = p.Tree().WriteFolded(w)
 	case "svg":
-		err = p.Tree().WriteSVG(w, flamegraph.Options{
+		o := flamegraph.Options{
 			Title:    "CPU Flame Graph",
 			Subtitle: fmt.Sprintf("nettrace profile: %d samples at %d Hz over %.1fs on %d CPUs, %s", p.Total(), p.Frequency, p.Duration.Seconds(), p.CPUs, p.Start.Format(time.RFC3339)),
-		})
+		}
+		if p.OffCPU {
+			o.Title, o.CountName, o.Palette = "Off-CPU Time Flame Graph", p.CountName(), "io"
+			o.Subtitle = fmt.Sprintf("nettrace profile --off-cpu: %.3fs off CPU in %d spans over %.1fs, %s", p.Blocked().Seconds(), p.Total(), p.Duration.Seconds(), p.Start.Format(time.RFC3339))
+		}
+		err = p.Tree().WriteSVG(w, o)
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", filepath.Base(name), err)

@@ -194,3 +194,94 @@ func TestProfileHTTP(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestProfileOffCPU records off-CPU time of a C program (found by --comm)
+// that spins 500 ms and sleeps 500 ms in turn for 3 s and exits before the
+// profile ends: about half its 3 s must be blocked under nanosleep, in
+// every output format.
+func TestProfileOffCPU(t *testing.T) {
+	testutil.RequireBPF(t)
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("needs gcc for the C test program")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "offcpu_sleeper")
+	if out, err := exec.Command(gcc, "-O2", "-fno-omit-frame-pointer", "-o", bin, "../../tracers/profile/testdata/spin.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	pb, folded, svg := filepath.Join(dir, "o.pb.gz"), filepath.Join(dir, "o.folded"), filepath.Join(dir, "o.svg")
+	prof := exec.Command(binary, "profile", "--off-cpu", "--min-block", "1ms", "--comm", "offcpu_sleeper", "-d", "6s", "-o", pb, "-o", folded, "-o", svg)
+	var stderr bytes.Buffer
+	prof.Stderr = &stderr
+	if err := prof.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { prof.Process.Kill(); prof.Wait() }()
+	time.Sleep(1500 * time.Millisecond) // loaded and attached
+	if err := exec.Command(bin, "sleep", "3").Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := prof.Wait(); err != nil {
+		t.Fatalf("profile: %v: %s", err, stderr.String())
+	}
+	t.Logf("%s", stderr.String())
+	// Folded: microseconds; the sleeper's nanosleep stacks hold about half
+	// of its 3 s, under its own function.
+	fb, _ := os.ReadFile(folded)
+	var us, named int64
+	for _, l := range strings.Split(string(fb), "\n") {
+		i := strings.LastIndexByte(l, ' ')
+		if i < 0 || !strings.HasPrefix(l, "offcpu_sleeper;") || !strings.Contains(l, "nanosleep") {
+			continue
+		}
+		n, _ := strconv.ParseInt(l[i+1:], 10, 64)
+		us += n
+		// The executable's frames are named although it exited before
+		// the profile ended (libc's nanosleep keeps no frame pointer, so
+		// frame-pointer unwinding skips nettrace_sleep_c itself).
+		if strings.Contains(l, ";main;") {
+			named += n
+		}
+	}
+	if share := float64(us) / 3e6; share < 0.35 || share > 0.65 {
+		t.Errorf("blocked under nanosleep %dus: %.0f%% of 3s, want 35-65%%\n%.3000s", us, share*100, fb)
+	}
+	if named < us/2 {
+		t.Errorf("%dus of %dus under nanosleep name main\n%.3000s", named, us, fb)
+	}
+	f, err := os.Open(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pprofile.Parse(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CheckValid(); err != nil {
+		t.Fatal(err)
+	}
+	if p.DefaultSampleType != "off-cpu" || len(p.SampleType) != 2 || p.SampleType[1].Type != "off-cpu" || p.SampleType[1].Unit != "nanoseconds" {
+		t.Errorf("pprof sample types %v, default %q", p.SampleType, p.DefaultSampleType)
+	}
+	var ns int64
+	for _, s := range p.Sample {
+		if s.Label["comm"][0] != "offcpu_sleeper" {
+			t.Fatalf("sample of comm %v", s.Label["comm"])
+		}
+		for _, l := range s.Location {
+			if strings.Contains(l.Line[0].Function.Name, "nanosleep") {
+				ns += s.Value[1]
+				break
+			}
+		}
+	}
+	if d := ns/1000 - us; d > 1000 || d < -1000 {
+		t.Errorf("pprof: %dns under nanosleep, folded %dus", ns, us)
+	}
+	sb, _ := os.ReadFile(svg)
+	if !bytes.Contains(sb, []byte(">Off-CPU Time Flame Graph</text>")) || !bytes.Contains(sb, []byte("nanosleep")) {
+		t.Errorf("SVG lacks the off-CPU title or nanosleep frames")
+	}
+}

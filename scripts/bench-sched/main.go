@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -28,6 +29,7 @@ import (
 var (
 	dur  = flag.Duration("d", 5*time.Second, "length of one measurement")
 	runs = flag.Int("runs", 3, "measurements per configuration (the median is reported)")
+	only = flag.String("only", "", "run only the configurations whose name contains this (e.g. sched)")
 )
 
 // pipePingPong bounces one byte between two locked threads for d and
@@ -196,6 +198,9 @@ func main() {
 	fmt.Println("|---|---:|---:|---|---:|---:|")
 	var base float64
 	for _, c := range configs {
+		if *only != "" && c.only != nil && !strings.Contains(c.name, *only) {
+			continue
+		}
 		pre := progStats()
 		stop, err := c.start()
 		if err != nil {

@@ -35,14 +35,31 @@ func (s *Sample) Frames() []string {
 	return out
 }
 
-// Tree merges the profile's stacks (counts in samples) for folded and
-// flame graph output.
+// Tree merges the profile's stacks for folded and flame graph output:
+// counts are samples, or for an off-CPU profile microseconds blocked (as
+// bcc's offcputime -f writes them).
 func (p *Profile) Tree() *flamegraph.Tree {
 	t := flamegraph.NewTree()
 	for i := range p.Samples {
-		t.Add(p.Samples[i].Frames(), int64(p.Samples[i].Count))
+		t.Add(p.Samples[i].Frames(), p.value(&p.Samples[i]))
 	}
 	return t
+}
+
+// value is what a sample weighs in folded stacks and flame graphs.
+func (p *Profile) value(s *Sample) int64 {
+	if p.OffCPU {
+		return int64(s.Nanos / 1000)
+	}
+	return int64(s.Count)
+}
+
+// CountName is the unit of Tree's counts.
+func (p *Profile) CountName() string {
+	if p.OffCPU {
+		return "us"
+	}
+	return "samples"
 }
 
 // Pprof converts the profile to pprof's format: sample types samples/count
@@ -50,6 +67,9 @@ func (p *Profile) Tree() *flamegraph.Tree {
 // name) and cpu; numeric labels pid and tid (pprof's encoding drops a
 // numeric label of 0, so the CPU number is a string). Kernel frames are in the
 // [kernel.kallsyms] mapping.
+//
+// An off-CPU profile has sample types blocks/count (spans off CPU) and
+// off-cpu/nanoseconds (time off CPU, the default), and no cpu label.
 func (p *Profile) Pprof() *pprofile.Profile {
 	period := int64(time.Second) / int64(max(p.Frequency, 1))
 	pp := &pprofile.Profile{
@@ -61,6 +81,13 @@ func (p *Profile) Pprof() *pprofile.Profile {
 		DefaultSampleType: "cpu",
 		Comments:          []string{fmt.Sprintf("nettrace profile: cpu-clock at %d Hz on %d CPUs", p.Frequency, p.CPUs)},
 	}
+	if p.OffCPU {
+		pp.SampleType = []*pprofile.ValueType{{Type: "blocks", Unit: "count"}, {Type: "off-cpu", Unit: "nanoseconds"}}
+		pp.PeriodType = &pprofile.ValueType{Type: "off-cpu", Unit: "nanoseconds"}
+		pp.Period = 1
+		pp.DefaultSampleType = "off-cpu"
+		pp.Comments = []string{fmt.Sprintf("nettrace profile --off-cpu: time off CPU (sched_switch), spans of at least %s", p.MinBlock)}
+	}
 	b := newBuilder(pp)
 	for i := range p.Samples {
 		s := &p.Samples[i]
@@ -68,6 +95,9 @@ func (p *Profile) Pprof() *pprofile.Profile {
 			Value:    []int64{int64(s.Count), int64(s.Nanos)},
 			Label:    map[string][]string{"comm": {s.Comm}, "thread": {s.Thread}, "cpu": {strconv.Itoa(s.CPU)}},
 			NumLabel: map[string][]int64{"pid": {int64(s.PID)}, "tid": {int64(s.TID)}},
+		}
+		if p.OffCPU {
+			delete(ps.Label, "cpu")
 		}
 		if s.KernelLost {
 			ps.Location = append(ps.Location, b.location(symbolize.Frame{Func: "[lost kernel stack]", Module: "[kernel.kallsyms]", Kernel: true}))
@@ -138,12 +168,13 @@ func (b *builder) location(f symbolize.Frame) *pprofile.Location {
 }
 
 // Top returns the functions with the most samples on-CPU in them (self
-// samples, the leaf frame), most first.
+// samples, the leaf frame), most first; for an off-CPU profile, the most
+// microseconds blocked.
 func (p *Profile) Top(n int) []FuncCount {
 	m := map[string]uint64{}
 	for i := range p.Samples {
 		fr := p.Samples[i].Frames()
-		m[fr[len(fr)-1]] += p.Samples[i].Count
+		m[fr[len(fr)-1]] += uint64(p.value(&p.Samples[i]))
 	}
 	out := make([]FuncCount, 0, len(m))
 	for k, v := range m {

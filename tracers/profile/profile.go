@@ -55,6 +55,13 @@ type Options struct {
 	Frequency   int    // samples per second per CPU (0: DefaultFrequency)
 	IncludeIdle bool   // keep samples of the idle task
 	Tier        attach.Tier
+
+	// OffCPU records time blocked instead of sampling CPUs: each span a
+	// thread spends off CPU (sched_switch out to in) of at least MinBlock,
+	// charged to the kernel and user stack where it left the CPU.
+	// Frequency and IncludeIdle do not apply.
+	OffCPU   bool
+	MinBlock time.Duration
 }
 
 // Tracer samples stacks until Profile or Close.
@@ -70,10 +77,14 @@ type Tracer struct {
 	freq    int
 	cpus    int
 	filter  Options
+	offcpu  bool
 }
 
 // New loads the profiler and starts sampling on every online CPU.
 func New(opts Options) (_ *Tracer, err error) {
+	if opts.OffCPU {
+		return newOffCPU(opts)
+	}
 	if opts.Frequency == 0 {
 		opts.Frequency = DefaultFrequency
 	}
@@ -148,6 +159,9 @@ func (t *Tracer) capture() {
 			pid := int(*(*uint32)(unsafe.Pointer(&rec.RawSample[0])))
 			t.sym.Forget(pid)
 			_ = t.sym.Capture(pid)
+			if t.offcpu {
+				t.recapture(pid)
+			}
 		}
 	}
 }

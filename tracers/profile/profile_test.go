@@ -2,19 +2,24 @@ package profile
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	pprofile "github.com/google/pprof/profile"
+	"golang.org/x/sys/unix"
 
 	"github.com/nettrace/nettrace/flamegraph"
 	"github.com/nettrace/nettrace/internal/attach"
+	"github.com/nettrace/nettrace/internal/symbolize"
 	"github.com/nettrace/nettrace/internal/testutil"
 )
 
@@ -37,6 +42,9 @@ func TestMain(m *testing.M) {
 	case "syscalls":
 		goReadZero(time.Now().Add(30 * time.Second))
 		os.Exit(0)
+	case "sleep":
+		goSleep(3)
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -48,6 +56,21 @@ func goSpin(until time.Time) {
 	for time.Now().Before(until) {
 		for i := uint64(0); i < 1_000_000; i++ {
 			sink += i * i
+		}
+	}
+}
+
+// goSleep prints its thread id, then spins 500 ms and sleeps 500 ms
+// (nanosleep) on one thread, n times.
+//
+//go:noinline
+func goSleep(n int) {
+	runtime.LockOSThread()
+	fmt.Println(unix.Gettid())
+	for range n {
+		goSpin(time.Now().Add(500 * time.Millisecond))
+		ts := unix.NsecToTimespec(int64(500 * time.Millisecond))
+		for unix.Nanosleep(&ts, &ts) == unix.EINTR {
 		}
 	}
 }
@@ -362,5 +385,88 @@ func TestCPUList(t *testing.T) {
 	}
 	if runtime.NumCPU() < 1 {
 		t.Fatal("no CPUs")
+	}
+}
+
+// TestOffCPU runs a thread that sleeps 500 ms of every second for 3 s and
+// exits: about half its wall time must be charged off CPU under the
+// nanosleep syscall's kernel frames and its own (named) user frames.
+func TestOffCPU(t *testing.T) {
+	testutil.RequireBPF(t)
+	tr, err := New(Options{OffCPU: true, Comm: filepath.Base(os.Args[0]), MinBlock: time.Millisecond})
+	if err != nil {
+		t.Fatalf("New: %+v", err)
+	}
+	defer tr.Close()
+	t.Logf("tiers: %v", tr.objs.Tiers())
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "NETTRACE_PROFILE_HELPER=sleep")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("helper printed %q", out)
+	}
+	pid := cmd.Process.Pid
+	p, err := tr.Profile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stacks may collide in the stack map (counted), spans must not be lost.
+	if !p.OffCPU || p.Lost.Samples != 0 {
+		t.Errorf("OffCPU %v, lost %+v", p.OffCPU, p.Lost)
+	}
+	var sleep, all time.Duration
+	var named bool
+	for _, s := range p.Samples {
+		if s.TID != tid {
+			continue
+		}
+		if s.PID != pid {
+			t.Fatalf("thread %d in process %d, want %d", tid, s.PID, pid)
+		}
+		all += time.Duration(s.Nanos)
+		if !slices.ContainsFunc(s.Kernel, func(f symbolize.Frame) bool { return strings.Contains(f.Name(), "nanosleep") }) {
+			continue
+		}
+		sleep += time.Duration(s.Nanos)
+		named = named || slices.ContainsFunc(s.User, func(f symbolize.Frame) bool { return strings.HasSuffix(f.Func, ".goSleep") })
+	}
+	var b bytes.Buffer
+	p.Tree().WriteFolded(&b)
+	t.Logf("thread %d: %s off CPU under nanosleep, %s in all, of 3s", tid, sleep, all)
+	if share := sleep.Seconds() / 3; share < 0.35 || share > 0.65 {
+		t.Errorf("thread %d off CPU under nanosleep %.0f%% of 3s, want 35-65%%\n%.3000s", tid, share*100, b.String())
+	}
+	if !named {
+		t.Errorf("no nanosleep stack of thread %d names goSleep (the process exited before Profile)\n%.3000s", tid, b.String())
+	}
+	// The writers: folded in microseconds, pprof with off-CPU sample types.
+	folded := b.String()
+	if !strings.Contains(folded, "nanosleep") {
+		t.Errorf("folded stacks lack nanosleep")
+	}
+	pp := p.Pprof()
+	if err := pp.CheckValid(); err != nil {
+		t.Fatal(err)
+	}
+	if pp.DefaultSampleType != "off-cpu" || pp.SampleType[1].Unit != "nanoseconds" {
+		t.Errorf("pprof sample types %v, default %q", pp.SampleType, pp.DefaultSampleType)
+	}
+	// Folded counts are microseconds: the goSleep;...nanosleep lines add up
+	// to the thread's time under nanosleep.
+	var us int64
+	for _, l := range strings.Split(folded, "\n") {
+		i := strings.LastIndexByte(l, ' ')
+		if i < 0 || !strings.Contains(l, ".goSleep;") || !strings.Contains(l, "nanosleep") {
+			continue
+		}
+		n, _ := strconv.ParseInt(l[i+1:], 10, 64)
+		us += n
+	}
+	if d := time.Duration(us)*time.Microsecond - sleep; d > 10*time.Millisecond || d < -10*time.Millisecond {
+		t.Errorf("folded goSleep;...nanosleep lines sum to %dus, want %s", us, sleep)
 	}
 }

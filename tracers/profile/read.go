@@ -39,11 +39,13 @@ type Profile struct {
 	Frequency        int // Hz per CPU
 	CPUs             int
 	Samples          []Sample
-	Lost             Lost
-	KernelRestricted bool // /proc/kallsyms reads as zeros: kernel frames unnamed
+	Lost             Lost          // off-CPU: Samples counts spans lost
+	OffCPU           bool          // time blocked (Nanos) per stack, not CPU samples
+	MinBlock         time.Duration // off-CPU: shorter spans were left out
+	KernelRestricted bool          // /proc/kallsyms reads as zeros: kernel frames unnamed
 }
 
-// Total returns the number of samples.
+// Total returns the number of samples (off-CPU: of spans).
 func (p *Profile) Total() uint64 {
 	var n uint64
 	for _, s := range p.Samples {
@@ -56,6 +58,9 @@ func (p *Profile) Total() uint64 {
 // must still be closed.
 func (t *Tracer) Profile() (*Profile, error) {
 	t.stop()
+	if t.offcpu {
+		return t.offCPUProfile()
+	}
 	p := &Profile{Start: t.start, Duration: t.stopped.Sub(t.start), Frequency: t.freq, CPUs: t.cpus}
 	if k, err := t.sym.KernelSymbols(); err == nil && k.Restricted {
 		p.KernelRestricted = true
@@ -69,28 +74,7 @@ func (t *Tracer) Profile() (*Profile, error) {
 			*dst += v
 		}
 	}
-	stacks := t.objs.Maps["stacks"]
-	cache := map[int32][]uint64{}
-	readStack := func(id int32) ([]uint64, bool) {
-		if id < 0 {
-			return nil, id != -int32(unix.EFAULT)
-		}
-		if s, ok := cache[id]; ok {
-			return s, false
-		}
-		var raw [127]uint64
-		if err := stacks.Lookup(uint32(id), &raw); err != nil {
-			cache[id] = nil
-			return nil, true
-		}
-		n := 0
-		for n < len(raw) && raw[n] != 0 {
-			n++
-		}
-		s := append([]uint64(nil), raw[:n]...)
-		cache[id] = s
-		return s, false
-	}
+	readStack := stackReader(t.objs.Maps["stacks"])
 	var (
 		key profileSampleKey
 		val profileSampleValue
@@ -114,6 +98,34 @@ func (t *Tracer) Profile() (*Profile, error) {
 		return nil, fmt.Errorf("read samples: %w", err)
 	}
 	return p, nil
+}
+
+// stackReader returns a function that reads a stack by id from a stack
+// map, with a cache; lost is true when the id says the stack could not be
+// stored (any error but EFAULT, which means there is no such stack) or it
+// is gone from the map.
+func stackReader(stacks *ebpf.Map) func(id int32) (pcs []uint64, lost bool) {
+	cache := map[int32][]uint64{}
+	return func(id int32) ([]uint64, bool) {
+		if id < 0 {
+			return nil, id != -int32(unix.EFAULT)
+		}
+		if s, ok := cache[id]; ok {
+			return s, false
+		}
+		var raw [127]uint64
+		if err := stacks.Lookup(uint32(id), &raw); err != nil {
+			cache[id] = nil
+			return nil, true
+		}
+		n := 0
+		for n < len(raw) && raw[n] != 0 {
+			n++
+		}
+		s := append([]uint64(nil), raw[:n]...)
+		cache[id] = s
+		return s, false
+	}
 }
 
 func cString(b []int8) string {

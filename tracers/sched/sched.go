@@ -68,7 +68,9 @@ type TaskStat struct {
 	OffCPUNS              uint64
 	OnCPUNS               uint64
 	TGID                  uint32
-	StackID               int32
+	KernelStack           int32 // with off-CPU stacks: where it last blocked
+	UserStack             int32
+	Pad                   uint32
 	Comm                  [16]byte
 	Runq                  hist.Log2 // microseconds
 }
@@ -82,18 +84,11 @@ func (s *TaskStat) CommString() string {
 	return string(b)
 }
 
-// sysStat is struct sys_stat.
-type sysStat struct {
-	RunqNS uint64
-	Runq   hist.Log2
-}
-
 // Snapshot holds cumulative figures since the tracer started.
 type Snapshot struct {
 	Time    time.Time
 	Tasks   map[uint32]TaskStat // by thread id
-	Sys     sysStat
-	Dropped uint64 // threads not tracked: map full
+	Dropped uint64              // threads not tracked: map full
 }
 
 // Tracer measures scheduling.
@@ -106,24 +101,12 @@ type Tracer struct {
 
 // New loads and attaches the scheduler programs.
 func New(opts Options) (*Tracer, error) {
-	spec, err := loadSched()
-	if err != nil {
-		return nil, fmt.Errorf("load sched spec: %w", err)
-	}
 	if opts.MaxTasks <= 0 {
 		opts.MaxTasks = DefaultMaxTasks
 	}
-	spec.Maps["tasks"].MaxEntries = uint32(opts.MaxTasks)
-	consts := map[string]any{
-		"targ_tgid":    uint32(opts.PID),
-		"min_block_ns": uint64(opts.MinBlock.Nanoseconds()),
-	}
-	if opts.Cgroup != "" {
-		id, level, err := cgroupID(opts.Cgroup)
-		if err != nil {
-			return nil, err
-		}
-		consts["targ_cgid"], consts["targ_cglevel"] = id, level
+	spec, consts, err := prepare(opts)
+	if err != nil {
+		return nil, err
 	}
 	objs, err := attach.Load(spec, Hooks, attach.Options{Tier: opts.Tier, Constants: consts})
 	if err != nil {
@@ -135,6 +118,91 @@ func New(opts Options) (*Tracer, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// prepare returns the spec, sized for opts, and the filter constants.
+func prepare(opts Options) (*ebpf.CollectionSpec, map[string]any, error) {
+	spec, err := loadSched()
+	if err != nil {
+		return nil, nil, fmt.Errorf("load sched spec: %w", err)
+	}
+	spec.Maps["tasks"].MaxEntries = uint32(opts.MaxTasks)
+	spec.Maps["new_pids"].MaxEntries = uint32(os.Getpagesize())
+	consts := map[string]any{
+		"targ_tgid":    uint32(opts.PID),
+		"min_block_ns": uint64(opts.MinBlock.Nanoseconds()),
+	}
+	if opts.Cgroup != "" {
+		id, level, err := cgroupID(opts.Cgroup)
+		if err != nil {
+			return nil, nil, err
+		}
+		consts["targ_cgid"], consts["targ_cglevel"] = id, level
+	}
+	return spec, consts, nil
+}
+
+// OffCPUHooks are Hooks plus the exec hook of the off-CPU profiler, which
+// makes a process that execs be announced again.
+var OffCPUHooks = append(append([]attach.Hook(nil), Hooks...), attach.Hook{
+	Name: "exec", Alternatives: []attach.Alternative{
+		{Tier: attach.Tracepoint, Programs: []string{"sched_exec_btf"}},
+		{Tier: attach.Tracepoint, Programs: []string{"sched_exec_raw"}, GivesUp: "nothing (reads no arguments)"},
+	},
+})
+
+// OffCPUOptions select what the off-CPU profiler records.
+type OffCPUOptions struct {
+	Tier      attach.Tier
+	PID       int           // only this process (0: all)
+	Comm      string        // only processes with this name (the first 15 bytes)
+	Cgroup    string        // only tasks in this cgroup v2 directory or below it
+	MinBlock  time.Duration // spans shorter than this are not charged
+	MaxTasks  int           // threads tracked at once (DefaultMaxTasks when 0)
+	MaxStacks int           // distinct stacks (DefaultMaxStacks when 0)
+}
+
+// DefaultMaxStacks bounds the off-CPU stack and aggregate maps.
+const DefaultMaxStacks = 16384
+
+// OffCPUKey and OffCPUValue are an entry of the off-CPU aggregate ("offcpu"
+// map): time spent off CPU by a thread, by where it left the CPU (stack ids
+// in the "offcpu_stackmap" map; negative: -errno of bpf_get_stackid,
+// -EFAULT for no user stack). "offcpu_lost" counts per CPU what was lost:
+// spans (map full), user stacks, kernel stacks (stack map full or hash
+// collision), and processes announced late; "new_pids" is the ring buffer
+// announcing each process at its first switch, "tasks" names the threads.
+type (
+	OffCPUKey   = schedOffcpuKey
+	OffCPUValue = schedOffcpuVal
+)
+
+// LoadOffCPU loads the scheduler programs with off-CPU stack capture
+// (offcpu_stacks) and attaches them: the same sched_switch program as New.
+func LoadOffCPU(opts OffCPUOptions) (*attach.Objects, error) {
+	if opts.MaxTasks <= 0 {
+		opts.MaxTasks = DefaultMaxTasks
+	}
+	if opts.MaxStacks <= 0 {
+		opts.MaxStacks = DefaultMaxStacks
+	}
+	spec, consts, err := prepare(Options{PID: opts.PID, Cgroup: opts.Cgroup, MinBlock: opts.MinBlock, MaxTasks: opts.MaxTasks})
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps["offcpu"].MaxEntries = uint32(4 * opts.MaxStacks)
+	spec.Maps["offcpu_stackmap"].MaxEntries = uint32(opts.MaxStacks)
+	spec.Maps["seen"].MaxEntries = 8192
+	spec.Maps["new_pids"].MaxEntries = uint32(max(64*1024, os.Getpagesize()))
+	consts["offcpu_stacks"] = true
+	if opts.Comm != "" {
+		var c [16]int8
+		for i := 0; i < len(opts.Comm) && i < 15; i++ {
+			c[i] = int8(opts.Comm[i])
+		}
+		consts["filter_comm"], consts["targ_comm"] = true, c
+	}
+	return attach.Load(spec, OffCPUHooks, attach.Options{Tier: opts.Tier, Constants: consts})
 }
 
 // cgroupID returns the id (inode) of a cgroup v2 directory and its depth
@@ -187,14 +255,6 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read tasks: %w", err)
-	}
-	var sys []sysStat
-	if err := t.objs.Maps["sys"].Lookup(uint32(0), &sys); err != nil {
-		return nil, fmt.Errorf("read sched totals: %w", err)
-	}
-	for _, c := range sys {
-		s.Sys.RunqNS += c.RunqNS
-		s.Sys.Runq.Add(&c.Runq)
 	}
 	var drops []uint64
 	if err := t.objs.Maps["dropped"].Lookup(uint32(0), &drops); err != nil {
@@ -287,10 +347,12 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 	groups := map[uint64]*agg{}
 	var order []uint64
 	var (
-		runnableNS float64 // on-CPU plus run-queue time of the selection
-		sw, invol  uint64  // switches of the selection
+		runnableNS float64   // on-CPU plus run-queue time of the selection
+		sw, invol  uint64    // switches of the selection
+		runq       hist.Log2 // run-queue delays of every task traced
 	)
 	for _, d := range Deltas(prev, cur) {
+		runq.Add(&d.Runq)
 		if t.opts.Comm != "" && !strings.Contains(d.Comm, t.opts.Comm) {
 			continue
 		}
@@ -339,7 +401,6 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 		rows = append(rows, r)
 	}
 
-	runq := cur.Sys.Runq.Sub(&prev.Sys.Runq)
 	runnable := 0.0
 	if ivl > 0 {
 		runnable = runnableNS / float64(ivl.Nanoseconds())

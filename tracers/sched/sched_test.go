@@ -287,7 +287,7 @@ func TestRawTP(t *testing.T) {
 	}
 	p2 := c.proc(c.tids[0])
 	got := s2.Tasks[uint32(c.tids[0])].Voluntary - s1.Tasks[uint32(c.tids[0])].Voluntary
-	if want := p2.vol - p1.vol; !near(got, want, 0.01, 1) || want < 2500 {
+	if want := p2.vol - p1.vol; !near(got, want, 0.01, 1) || want < 1000 {
 		t.Fatalf("raw_tp: %d voluntary switches, /proc %d", got, want)
 	}
 }

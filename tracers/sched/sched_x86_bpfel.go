@@ -13,13 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type schedSysStat struct {
+type schedOffcpuKey struct {
 	_      structs.HostLayout
-	RunqNs uint64
-	Runq   struct {
-		_     structs.HostLayout
-		Slots [27]uint64
-	}
+	Tgid   uint32
+	Pid    uint32
+	Kstack int32
+	Ustack int32
+}
+
+type schedOffcpuVal struct {
+	_     structs.HostLayout
+	Ns    uint64
+	Count uint64
 }
 
 type schedTaskStat struct {
@@ -34,7 +39,9 @@ type schedTaskStat struct {
 	OffcpuNs  uint64
 	OncpuNs   uint64
 	Tgid      uint32
-	StackId   int32
+	Kstack    int32
+	Ustack    int32
+	Pad       uint32
 	Comm      [16]int8
 	Runq      struct {
 		_     structs.HostLayout
@@ -47,19 +54,29 @@ type schedTaskStat struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	schedMapDropped            = "dropped"
-	schedMapSys                = "sys"
+	schedMapNewPids            = "new_pids"
+	schedMapOffcpu             = "offcpu"
+	schedMapOffcpuLost         = "offcpu_lost"
+	schedMapOffcpuStackmap     = "offcpu_stackmap"
+	schedMapSeen               = "seen"
 	schedMapTasks              = "tasks"
+	schedProgSchedExecBtf      = "sched_exec_btf"
+	schedProgSchedExecRaw      = "sched_exec_raw"
 	schedProgSchedSwitchBtf    = "sched_switch_btf"
 	schedProgSchedSwitchRaw    = "sched_switch_raw"
 	schedProgSchedWakeupBtf    = "sched_wakeup_btf"
 	schedProgSchedWakeupNewBtf = "sched_wakeup_new_btf"
 	schedProgSchedWakeupNewRaw = "sched_wakeup_new_raw"
 	schedProgSchedWakeupRaw    = "sched_wakeup_raw"
+	schedVarFilterComm         = "filter_comm"
 	schedVarMinBlockNs         = "min_block_ns"
 	schedVarOffcpuStacks       = "offcpu_stacks"
 	schedVarTargCgid           = "targ_cgid"
 	schedVarTargCglevel        = "targ_cglevel"
+	schedVarTargComm           = "targ_comm"
 	schedVarTargTgid           = "targ_tgid"
+	schedVarUnusedOffcpuKey    = "unused_offcpu_key"
+	schedVarUnusedOffcpuVal    = "unused_offcpu_val"
 )
 
 // loadSched returns the embedded CollectionSpec for sched.
@@ -104,6 +121,8 @@ type schedSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type schedProgramSpecs struct {
+	SchedExecBtf      *ebpf.ProgramSpec `ebpf:"sched_exec_btf"`
+	SchedExecRaw      *ebpf.ProgramSpec `ebpf:"sched_exec_raw"`
 	SchedSwitchBtf    *ebpf.ProgramSpec `ebpf:"sched_switch_btf"`
 	SchedSwitchRaw    *ebpf.ProgramSpec `ebpf:"sched_switch_raw"`
 	SchedWakeupBtf    *ebpf.ProgramSpec `ebpf:"sched_wakeup_btf"`
@@ -116,20 +135,28 @@ type schedProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type schedMapSpecs struct {
-	Dropped *ebpf.MapSpec `ebpf:"dropped"`
-	Sys     *ebpf.MapSpec `ebpf:"sys"`
-	Tasks   *ebpf.MapSpec `ebpf:"tasks"`
+	Dropped        *ebpf.MapSpec `ebpf:"dropped"`
+	NewPids        *ebpf.MapSpec `ebpf:"new_pids"`
+	Offcpu         *ebpf.MapSpec `ebpf:"offcpu"`
+	OffcpuLost     *ebpf.MapSpec `ebpf:"offcpu_lost"`
+	OffcpuStackmap *ebpf.MapSpec `ebpf:"offcpu_stackmap"`
+	Seen           *ebpf.MapSpec `ebpf:"seen"`
+	Tasks          *ebpf.MapSpec `ebpf:"tasks"`
 }
 
 // schedVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type schedVariableSpecs struct {
-	MinBlockNs   *ebpf.VariableSpec `ebpf:"min_block_ns"`
-	OffcpuStacks *ebpf.VariableSpec `ebpf:"offcpu_stacks"`
-	TargCgid     *ebpf.VariableSpec `ebpf:"targ_cgid"`
-	TargCglevel  *ebpf.VariableSpec `ebpf:"targ_cglevel"`
-	TargTgid     *ebpf.VariableSpec `ebpf:"targ_tgid"`
+	FilterComm      *ebpf.VariableSpec `ebpf:"filter_comm"`
+	MinBlockNs      *ebpf.VariableSpec `ebpf:"min_block_ns"`
+	OffcpuStacks    *ebpf.VariableSpec `ebpf:"offcpu_stacks"`
+	TargCgid        *ebpf.VariableSpec `ebpf:"targ_cgid"`
+	TargCglevel     *ebpf.VariableSpec `ebpf:"targ_cglevel"`
+	TargComm        *ebpf.VariableSpec `ebpf:"targ_comm"`
+	TargTgid        *ebpf.VariableSpec `ebpf:"targ_tgid"`
+	UnusedOffcpuKey *ebpf.VariableSpec `ebpf:"unused_offcpu_key"`
+	UnusedOffcpuVal *ebpf.VariableSpec `ebpf:"unused_offcpu_val"`
 }
 
 // schedObjects contains all objects after they have been loaded into the kernel.
@@ -152,15 +179,23 @@ func (o *schedObjects) Close() error {
 //
 // It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
 type schedMaps struct {
-	Dropped *ebpf.Map `ebpf:"dropped"`
-	Sys     *ebpf.Map `ebpf:"sys"`
-	Tasks   *ebpf.Map `ebpf:"tasks"`
+	Dropped        *ebpf.Map `ebpf:"dropped"`
+	NewPids        *ebpf.Map `ebpf:"new_pids"`
+	Offcpu         *ebpf.Map `ebpf:"offcpu"`
+	OffcpuLost     *ebpf.Map `ebpf:"offcpu_lost"`
+	OffcpuStackmap *ebpf.Map `ebpf:"offcpu_stackmap"`
+	Seen           *ebpf.Map `ebpf:"seen"`
+	Tasks          *ebpf.Map `ebpf:"tasks"`
 }
 
 func (m *schedMaps) Close() error {
 	return _SchedClose(
 		m.Dropped,
-		m.Sys,
+		m.NewPids,
+		m.Offcpu,
+		m.OffcpuLost,
+		m.OffcpuStackmap,
+		m.Seen,
 		m.Tasks,
 	)
 }
@@ -169,17 +204,23 @@ func (m *schedMaps) Close() error {
 //
 // It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
 type schedVariables struct {
-	MinBlockNs   *ebpf.Variable `ebpf:"min_block_ns"`
-	OffcpuStacks *ebpf.Variable `ebpf:"offcpu_stacks"`
-	TargCgid     *ebpf.Variable `ebpf:"targ_cgid"`
-	TargCglevel  *ebpf.Variable `ebpf:"targ_cglevel"`
-	TargTgid     *ebpf.Variable `ebpf:"targ_tgid"`
+	FilterComm      *ebpf.Variable `ebpf:"filter_comm"`
+	MinBlockNs      *ebpf.Variable `ebpf:"min_block_ns"`
+	OffcpuStacks    *ebpf.Variable `ebpf:"offcpu_stacks"`
+	TargCgid        *ebpf.Variable `ebpf:"targ_cgid"`
+	TargCglevel     *ebpf.Variable `ebpf:"targ_cglevel"`
+	TargComm        *ebpf.Variable `ebpf:"targ_comm"`
+	TargTgid        *ebpf.Variable `ebpf:"targ_tgid"`
+	UnusedOffcpuKey *ebpf.Variable `ebpf:"unused_offcpu_key"`
+	UnusedOffcpuVal *ebpf.Variable `ebpf:"unused_offcpu_val"`
 }
 
 // schedPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
 type schedPrograms struct {
+	SchedExecBtf      *ebpf.Program `ebpf:"sched_exec_btf"`
+	SchedExecRaw      *ebpf.Program `ebpf:"sched_exec_raw"`
 	SchedSwitchBtf    *ebpf.Program `ebpf:"sched_switch_btf"`
 	SchedSwitchRaw    *ebpf.Program `ebpf:"sched_switch_raw"`
 	SchedWakeupBtf    *ebpf.Program `ebpf:"sched_wakeup_btf"`
@@ -190,6 +231,8 @@ type schedPrograms struct {
 
 func (p *schedPrograms) Close() error {
 	return _SchedClose(
+		p.SchedExecBtf,
+		p.SchedExecRaw,
 		p.SchedSwitchBtf,
 		p.SchedSwitchRaw,
 		p.SchedWakeupBtf,

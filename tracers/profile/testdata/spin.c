@@ -1,5 +1,7 @@
 /* A CPU burner for the profile tests: spins in nettrace_spin_c (or, with
- * "syscalls", reads /dev/zero in nettrace_read_zero) for argv[2] seconds. */
+ * "syscalls", reads /dev/zero in nettrace_read_zero; with "sleep", spins
+ * 500 ms and sleeps 500 ms with nanosleep in nettrace_sleep_c, in turn) for
+ * argv[2] seconds. */
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,16 @@ __attribute__((noinline)) void nettrace_read_zero(double until)
 			exit(1);
 }
 
+__attribute__((noinline)) void nettrace_sleep_c(double until)
+{
+	struct timespec half = { 0, 500000000 };
+
+	while (now() < until) {
+		nettrace_spin_c(now() + 0.5);
+		nanosleep(&half, NULL);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	double secs = argc > 2 ? atof(argv[2]) : 30;
@@ -40,6 +52,8 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "syscalls") == 0)
 		nettrace_read_zero(until);
+	else if (argc > 1 && strcmp(argv[1], "sleep") == 0)
+		nettrace_sleep_c(until);
 	else
 		nettrace_spin_c(until);
 	return 0;
