@@ -80,6 +80,8 @@ struct peak {
 struct scratch {
 	__u64 syn_sk;   /* listener the current SYN admitted to (timer), or entered (fentry) */
 	__u64 ack_sk;   /* listener of the current syn_recv_sock (kprobe) */
+	__u64 syn_skb;  /* the SYN of tcp_conn_request (kprobe) */
+	__u64 ack_skb;  /* the final ACK of syn_recv_sock (kprobe) */
 	__u32 admitted;
 	__u32 full;     /* accept queue full at tcp_conn_request entry */
 	__u32 synq_full;
@@ -131,12 +133,17 @@ struct {
 	__type(value, struct peak);
 } peak_map SEC(".maps");
 
-/* Child socket -> time its handshake completed, until accept() or close. */
+/* A child whose handshake completed, until accept() or close. */
+struct born {
+	__u64 ts;       /* handshake done */
+	__u64 listener; /* its listener, 0 when not in `listeners` */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct born);
 } born SEC(".maps");
 
 /* Listener being accepted on, by thread (accept sleeps). */
@@ -294,14 +301,15 @@ static __always_inline void skb_peer(struct sk_buff *skb, union addr *a, __u16 *
 	*port = bpf_ntohs(sport);
 }
 
-static __always_inline void ack_event(const struct sock *sk, struct sk_buff *skb, __u8 kind)
+static __always_inline void drop_event(const struct sock *sk, struct sk_buff *skb, __u8 kind)
 {
 	union addr a = {};
 	__u16 port = 0, family = 0;
 
-	if (!emit_events || !skb)
+	if (!emit_events)
 		return;
-	skb_peer(skb, &a, &port, &family);
+	if (skb)
+		skb_peer(skb, &a, &port, &family);
 	emit(sk, kind, &a, port, family);
 }
 
@@ -326,13 +334,8 @@ static __always_inline void syn_refused(const struct sock *sk, bool full, bool s
 		c->syn_drops++;
 		kind = 3;
 	}
-	if (kind && emit_events && skb) {
-		union addr a = {};
-		__u16 port = 0, family = 0;
-
-		skb_peer(skb, &a, &port, &family);
-		emit(sk, kind, &a, port, family);
-	}
+	if (kind)
+		drop_event(sk, skb, kind);
 }
 
 static __always_inline bool synq_is_full(const struct sock *sk)
@@ -404,7 +407,7 @@ int BPF_PROG(syn_exit_fentry, struct request_sock_ops *rsk_ops, const void *af_o
 /* ---- SYN: kprobe tier ---- */
 
 SEC("kprobe/tcp_conn_request")
-int BPF_KPROBE(syn_enter_kprobe, void *rsk_ops, void *af_ops, struct sock *sk)
+int BPF_KPROBE(syn_enter_kprobe, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
 {
 	struct scratch *s = get_scratch();
 
@@ -414,6 +417,7 @@ int BPF_KPROBE(syn_enter_kprobe, void *rsk_ops, void *af_ops, struct sock *sk)
 	if (!netns_ok(sk_netns(sk)))
 		return 0;
 	s->syn_sk = (__u64)sk;
+	s->syn_skb = (__u64)skb; /* the caller frees it after we return */
 	s->admitted = 0;
 	s->full = acceptq_full(sk);
 	s->synq_full = synq_is_full(sk);
@@ -430,7 +434,10 @@ int BPF_KPROBE(syn_admit_kprobe, struct sock *sk)
 SEC("kretprobe/tcp_conn_request")
 int BPF_KRETPROBE(syn_exit_kprobe)
 {
-	syn_exit(NULL);
+	struct scratch *s = get_scratch();
+
+	if (s)
+		syn_exit((struct sk_buff *)s->syn_skb);
 	return 0;
 }
 
@@ -445,7 +452,7 @@ int BPF_PROG(syn_admit_tp, struct timer_list *timer)
 	struct scratch *s;
 	struct sock *sk;
 
-	if (!reqsk_timer_fn || (__u64)BPF_CORE_READ(timer, function) != reqsk_timer_fn)
+	if (!reqsk_timer_fn || (__u64)timer->function != reqsk_timer_fn)
 		return 0;
 	req = container_of(timer, struct request_sock, rsk_timer);
 	if (BPF_CORE_READ_BITFIELD_PROBED(req, num_timeout))
@@ -485,9 +492,8 @@ static __always_inline const struct sock *find_listener(__u32 ns, __u16 port, __
 
 /* A listener consumes every SYN it processed, admitted or not. */
 SEC("tp_btf/consume_skb")
-int syn_consume_tp(__u64 *ctx)
+int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 {
-	struct sk_buff *skb = (struct sk_buff *)ctx[0];
 	unsigned char *head;
 	__u16 nh, th, port, family;
 	__u8 ver = 0, flags = 0;
@@ -504,8 +510,8 @@ int syn_consume_tp(__u64 *ctx)
 		if (loc < rcv_state_start || loc >= rcv_state_end)
 			return 0;
 	}
-	head = BPF_CORE_READ(skb, head);
-	th = BPF_CORE_READ(skb, transport_header);
+	head = skb->head;
+	th = skb->transport_header;
 	if (bpf_probe_read_kernel(&flags, 1, head + th + 13))
 		return 0;
 	if ((flags & 0x12) != 0x02) /* SYN without ACK */
@@ -523,11 +529,11 @@ int syn_consume_tp(__u64 *ctx)
 		return 0;
 	}
 	/* skb->dev is cleared by now; the input route still names the device. */
-	dst = (struct dst_entry *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+	dst = (struct dst_entry *)(skb->_skb_refdst & ~1UL);
 	ns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
 	if (!netns_ok(ns))
 		return 0;
-	nh = BPF_CORE_READ(skb, network_header);
+	nh = skb->network_header;
 	bpf_probe_read_kernel(&ver, 1, head + nh);
 	if ((ver >> 4) == 4) {
 		family = AF_INET;
@@ -561,10 +567,10 @@ static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *sk
 	if (acceptq_full(sk)) {
 		c->ack_overflows++;
 		update_peak(sk, synq_len(sk));
-		ack_event(sk, skb, 2);
+		drop_event(sk, skb, 2);
 	} else {
 		c->ack_drops++;
-		ack_event(sk, skb, 4);
+		drop_event(sk, skb, 4);
 	}
 }
 
@@ -590,12 +596,14 @@ int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
 	return 0;
 }
 
-static __always_inline void ack_enter(const struct sock *sk)
+static __always_inline void ack_enter(const struct sock *sk, struct sk_buff *skb)
 {
 	struct scratch *s = get_scratch();
 
-	if (s)
+	if (s) {
 		s->ack_sk = (__u64)sk;
+		s->ack_skb = (__u64)skb;
+	}
 }
 
 static __always_inline void ack_exit(__u64 ret)
@@ -608,13 +616,13 @@ static __always_inline void ack_exit(__u64 ret)
 	sk = s->ack_sk;
 	s->ack_sk = 0;
 	if (!ret)
-		ack_failed((const struct sock *)sk, NULL);
+		ack_failed((const struct sock *)sk, (struct sk_buff *)s->ack_skb);
 }
 
 SEC("kprobe/tcp_v4_syn_recv_sock")
-int BPF_KPROBE(ack4_kprobe, const struct sock *sk)
+int BPF_KPROBE(ack4_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	ack_enter(sk);
+	ack_enter(sk, skb);
 	return 0;
 }
 
@@ -626,9 +634,9 @@ int BPF_KRETPROBE(ack4_kretprobe, void *ret)
 }
 
 SEC("kprobe/tcp_v6_syn_recv_sock")
-int BPF_KPROBE(ack6_kprobe, const struct sock *sk)
+int BPF_KPROBE(ack6_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	ack_enter(sk);
+	ack_enter(sk, skb);
 	return 0;
 }
 
@@ -661,7 +669,7 @@ int ack_kfree_tp(__u64 *ctx)
 			return 0;
 		c->ack_overflows++;
 		update_peak(sk, synq_len(sk));
-		ack_event(sk, (struct sk_buff *)ctx[0], 2);
+		drop_event(sk, (struct sk_buff *)ctx[0], 2);
 		return 0;
 	}
 	if (reason != reason_no_socket)
@@ -690,76 +698,97 @@ int BPF_PROG(synack_tp, const struct sock *sk, const struct request_sock *req)
 	return 0;
 }
 
+static __always_inline void count_accept(__u64 listener, __u64 us)
+{
+	struct counters *c = counters_of(listener);
+
+	if (!c)
+		return;
+	c->accepts++;
+	hist_add(&c->accept_us, us);
+}
+
 /* ---- state changes (every tier): listeners, handshakes done, closes ---- */
 
+/* sk is a tp_btf argument: plain loads, no probe-read calls. */
 static __always_inline void sk_lkey(const struct sock *sk, struct lkey *k)
 {
-	k->netns = sk_netns(sk);
-	k->port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	k->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	k->netns = sk->__sk_common.skc_net.net->ns.inum;
+	k->port = sk->__sk_common.skc_num;
+	k->family = sk->__sk_common.skc_family;
 	if (k->family == AF_INET)
-		k->addr.v4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		k->addr.v4 = sk->__sk_common.skc_rcv_saddr;
 	else
-		BPF_CORE_READ_INTO(&k->addr.v6, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		__builtin_memcpy(&k->addr.v6, &sk->__sk_common.skc_v6_rcv_saddr, sizeof(k->addr.v6));
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 {
 	struct lkey k = {};
-	__u64 skp = (__u64)sk, now;
+	struct born b = {};
+	__u64 skp = (__u64)sk;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
+	/* Most changes are none of ours: decide on the states first, and
+	 * look before deleting (a lookup takes no bucket lock). */
 	if (newstate == TCP_CLOSE) {
 		if (oldstate == TCP_LISTEN) {
 			sk_lkey(sk, &k);
 			__u64 *v = bpf_map_lookup_elem(&listeners, &k);
 			if (v && *v == skp)
 				bpf_map_delete_elem(&listeners, &k);
-		} else {
+		} else if (bpf_map_lookup_elem(&born, &skp)) {
 			bpf_map_delete_elem(&born, &skp);
 		}
 		return 0;
 	}
-	if (!netns_ok(sk_netns(sk)))
+	if (newstate != TCP_LISTEN && (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED))
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	sk_lkey(sk, &k);
+	if (!netns_ok(k.netns))
 		return 0;
 	if (newstate == TCP_LISTEN) {
-		sk_lkey(sk, &k);
 		if (bpf_map_update_elem(&listeners, &k, &skp, BPF_ANY))
 			count_lost(LOST_LISTENERS);
 		return 0;
 	}
-	if (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED)
-		return 0;
 	/* A passive handshake is done: its child sits in the accept queue. */
-	now = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&born, &skp, &now, BPF_ANY))
-		count_lost(LOST_BORN);
-	sk_lkey(sk, &k);
+	b.ts = bpf_ktime_get_ns();
 	const struct sock *l = find_listener(k.netns, k.port, k.family, &k.addr);
-	if (l && is_listener(l))
+	if (l && is_listener(l)) {
+		b.listener = (__u64)l;
 		update_peak(l, synq_len(l));
+	}
+	/* The child is queued before this state change: an accept() on
+	 * another CPU can take (and graft) it first. That accept waited 0. */
+	if (sk->sk_socket) {
+		if (b.listener)
+			count_accept(b.listener, 0);
+		return 0;
+	}
+	if (bpf_map_update_elem(&born, &skp, &b, BPF_ANY))
+		count_lost(LOST_BORN);
 	return 0;
 }
 
 /* ---- accept() ---- */
 
+/* accept() returned child; listener 0 takes the one recorded at birth. */
 static __always_inline void accepted(__u64 listener, __u64 child)
 {
-	__u64 *t = bpf_map_lookup_elem(&born, &child);
-	struct counters *c;
+	struct born *b = bpf_map_lookup_elem(&born, &child);
 	__u64 d;
 
-	if (!t)
+	if (!b)
 		return;
-	d = (bpf_ktime_get_ns() - *t) / 1000;
+	d = (bpf_ktime_get_ns() - b->ts) / 1000;
+	if (!listener)
+		listener = b->listener;
 	bpf_map_delete_elem(&born, &child);
-	c = counters_of(listener);
-	if (!c)
-		return;
-	c->accepts++;
-	hist_add(&c->accept_us, d);
+	if (listener)
+		count_accept(listener, d);
 }
 
 SEC("fexit/inet_csk_accept")
@@ -794,5 +823,68 @@ int BPF_KRETPROBE(accept_kretprobe, void *ret)
 	if (ret)
 		accepted(*l, (__u64)ret);
 	bpf_map_delete_elem(&accepting, &id);
+	return 0;
+}
+
+/* Tracepoint tier: the return of accept4()/accept() gives the new fd; its
+ * socket is the child whose handshake time state_tp recorded. */
+struct sys_exit_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+/* 6.2+: a typed view of a kernel pointer, for plain loads instead of
+ * probe-read calls (the verifier turns the call into a move). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* The socket of fd, a descriptor accept() just returned (so a socket, and
+ * within the table): one probe read after the typed walk to the table,
+ * then typed loads (6.2+) or two more probe reads. */
+static __always_inline struct sock *fd_sock(long fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file **fds = task->files->fdt->fd;
+	struct file *f = NULL;
+	struct socket *sock = NULL;
+	struct sock *sk = NULL;
+
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	if (bpf_rdonly_cast) {
+		struct file *tf = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
+		struct socket *ts = bpf_rdonly_cast(tf->private_data, bpf_core_type_id_kernel(struct socket));
+
+		return ts->sk;
+	}
+	if (bpf_probe_read_kernel(&sock, sizeof(sock), &f->private_data) || !sock)
+		return NULL;
+	bpf_probe_read_kernel(&sk, sizeof(sk), &sock->sk);
+	return sk;
+}
+
+static __always_inline void accept_exit(long fd)
+{
+	struct sock *sk;
+
+	if (fd < 0)
+		return;
+	sk = fd_sock(fd);
+	if (sk)
+		accepted(0, (__u64)sk);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int accept4_exit_tp(struct sys_exit_args *ctx)
+{
+	accept_exit(ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int accept_exit_tp(struct sys_exit_args *ctx)
+{
+	accept_exit(ctx->ret);
 	return 0;
 }

@@ -97,7 +97,7 @@ func TestListenJSON(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("listen: %v: %s", err, stderr.String())
 	}
-	testutil.RequireNoOrphans(t, "syn_consume_tp", "syn_admit_tp", "ack_kfree_tp", "state_tp", "synack_tp")
+	testutil.RequireNoOrphans(t, "syn_consume_tp", "syn_admit_tp", "ack_kfree_tp", "state_tp", "synack_tp", "accept4_exit_tp", "accept_exit_tp")
 	if row == nil || header == nil {
 		t.Fatalf("no row for port %d or no header", port)
 	}
@@ -119,5 +119,93 @@ func TestListenJSON(t *testing.T) {
 	}
 	if !codes["somaxconn_caps_backlog"] || !codes["accept_queue_overflow"] {
 		t.Errorf("warnings %v", warnings)
+	}
+}
+
+// TestListenEventsJSON runs `nettrace listen --events -o json` on a
+// namespace whose listener (backlog 1) never accepts: one drop row per
+// overflow the namespace counts, each naming the listener and a port one of
+// the clients used.
+func TestListenEventsJSON(t *testing.T) {
+	testutil.RequireBPF(t)
+	ns := testutil.NewNetns(t)
+	var port int
+	ns.Do(func() error {
+		_, port = testutil.Listen(t, "tcp4", "127.0.0.1:0", 1)
+		return nil
+	})
+	cmd := exec.Command(binary, "listen", "--netns", ns.Path(), "--events", "-c", "2", "-i", "2500ms", "-o", "json")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && !strings.Contains(sc.Text(), `"type":"interval"`) {
+	}
+	clientPorts := map[string]bool{}
+	var fds []int
+	err = ns.Do(func() error {
+		for range 10 {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			fds = append(fds, fd)
+			err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+			if err != nil && !errors.Is(err, unix.EINPROGRESS) {
+				return err
+			}
+			sa, err := unix.Getsockname(fd)
+			if err != nil {
+				return err
+			}
+			clientPorts[strconv.Itoa(sa.(*unix.SockaddrInet4).Port)] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	for _, fd := range fds {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		unix.Close(fd)
+	}
+	var header map[string]any
+	var drops []map[string]any
+	for sc.Scan() {
+		var obj map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &obj); err != nil {
+			t.Fatalf("bad JSON line %q: %v", sc.Text(), err)
+		}
+		switch obj["type"] {
+		case "interval":
+			header, _ = obj["header"].(map[string]any)
+		case "row":
+			drops = append(drops, obj)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("listen --events: %v: %s", err, stderr.String())
+	}
+	if header == nil {
+		t.Fatal("no interval header")
+	}
+	t.Logf("header %v; %d drops, first %v", header, len(drops), drops[:min(len(drops), 1)])
+	ovf := header["listen_overflows"].(float64)
+	if ovf == 0 || float64(len(drops)) != ovf-header["overflows_unattributed"].(float64) || header["events_lost"] != 0.0 {
+		t.Errorf("%d drop rows, namespace ListenOverflows %v (unattributed %v), events lost %v", len(drops), ovf, header["overflows_unattributed"], header["events_lost"])
+	}
+	listener := "127.0.0.1:" + strconv.Itoa(port)
+	for _, d := range drops {
+		host, p, _ := strings.Cut(d["peer"].(string), ":")
+		if d["local"] != listener || host != "127.0.0.1" || !clientPorts[p] || d["drop_time"] == "" {
+			t.Errorf("drop %v: want listener %s and a client's port", d, listener)
+		}
 	}
 }

@@ -140,9 +140,6 @@ func (t *Tracer) row(l *Listener, s *Snapshot, secs float64) Row {
 		r.AcceptP50US, r.AcceptP99US = l.AcceptUS.Quantile(0.5), l.AcceptUS.Quantile(0.99)
 	}
 	var notes []string
-	if c, ok := t.objs.Choice("accept"); ok && c.Method == "none" {
-		notes = append(notes, "accept latency not measured in the tracepoint tier")
-	}
 	if c, ok := t.objs.Choice("ack"); ok && c.Method == "tp_btf" &&
 		(t.facts.ReasonListenOverflow == noReason || !t.facts.HasRxSk) {
 		notes = append(notes, "final-ACK overflows not attributable on this kernel (no TCP_LISTEN_OVERFLOW drop reason / rx_sk)")

@@ -27,18 +27,16 @@ var Hooks = []attach.Hook{
 	{Name: "syn", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"syn_enter_fentry", "syn_admit_fentry", "syn_exit_fentry"}},
 		{Tier: attach.Kprobe, Programs: []string{"syn_enter_kprobe", "syn_admit_kprobe", "syn_exit_kprobe"},
-			GivesUp: "no peer address in --events for SYN drops; about twice the cost per SYN"},
+			GivesUp: "about twice the cost per SYN"},
 		{Tier: attach.Tracepoint, Programs: []string{"syn_consume_tp", "syn_admit_tp"},
 			GivesUp: "listeners found by port from the socket table; SYN drops classified by the queues as they are just after the decision; runs on every consumed skb and timer start"},
 	}},
 	{Name: "ack", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"ack4_fexit", "ack6_fexit"}},
 		{Tier: attach.Kprobe, Programs: []string{"ack4_kprobe", "ack4_kretprobe", "ack6_kprobe", "ack6_kretprobe"},
-			GivesUp: "no peer address in --events"},
-		// Kernels that refuse fexit on syn_recv_sock (6.1 says "not
-		// supported") still get the fentry tier for the other hooks.
-		{Tier: attach.Fentry, Programs: []string{"ack_kfree_tp"}, GivesUp: ackTPGivesUp},
-		{Tier: attach.Tracepoint, Programs: []string{"ack_kfree_tp"}, GivesUp: ackTPGivesUp},
+			GivesUp: "about twice the cost per final ACK"},
+		{Tier: attach.Tracepoint, Programs: []string{"ack_kfree_tp"},
+			GivesUp: "needs the TCP_LISTEN_OVERFLOW drop reason and the receiving socket in skb:kfree_skb (6.12+): without them overflows at the final ACK are not attributed to a socket; other final-ACK drops seen only from cookie checks"},
 	}},
 	{Name: "queue", Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"state_tp"}},
@@ -49,11 +47,10 @@ var Hooks = []attach.Hook{
 	{Name: "accept", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"accept_fexit"}},
 		{Tier: attach.Kprobe, Programs: []string{"accept_kprobe", "accept_kretprobe"}},
-		{Tier: attach.Tracepoint, GivesUp: "accept latency not measured: no tracepoint where accept() takes a connection"},
+		{Tier: attach.Tracepoint, Programs: []string{"accept4_exit_tp", "accept_exit_tp"},
+			GivesUp: "accept latency from the return of accept4()/accept() (syscalls tracepoints, the new fd's socket through the file table): io_uring accepts not seen"},
 	}},
 }
-
-const ackTPGivesUp = "needs the TCP_LISTEN_OVERFLOW drop reason and the receiving socket in skb:kfree_skb (6.12+): without them overflows at the final ACK are not attributed to a socket; other final-ACK drops not seen"
 
 func init() {
 	attach.Register(attach.TracerInfo{
@@ -112,7 +109,16 @@ func New(opts Options) (_ *Tracer, err error) {
 	if t.tab, err = socktable.New(); err != nil {
 		return nil, err
 	}
-	if t.objs, err = attach.Load(spec, Hooks, attach.Options{Tier: opts.Tier, Constants: consts}); err != nil {
+	aopts := attach.Options{Tier: opts.Tier, Constants: consts}
+	t.objs, err = attach.Load(spec, Hooks, aopts)
+	var na *attach.NoAlternativeError
+	if errors.As(err, &na) && na.Hook == "ack" && opts.Tier == attach.Fentry {
+		// Some kernels refuse fexit on tcp_v4/v6_syn_recv_sock (6.1:
+		// "not supported"): the ack hook then has no fentry alternative
+		// here and, like a hook without one, keeps its own order.
+		t.objs, err = attach.Load(spec, withoutAlternative(Hooks, "ack", attach.Fentry), aopts)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if opts.Events {
@@ -129,6 +135,17 @@ func New(opts Options) (_ *Tracer, err error) {
 	}
 	t.prevTime = time.Now()
 	return t, nil
+}
+
+// withoutAlternative returns hooks with hook's alternatives of tier removed.
+func withoutAlternative(hooks []attach.Hook, hook string, tier attach.Tier) []attach.Hook {
+	out := slices.Clone(hooks)
+	for i, h := range out {
+		if h.Name == hook {
+			out[i].Alternatives = slices.DeleteFunc(slices.Clone(h.Alternatives), func(a attach.Alternative) bool { return a.Tier == tier })
+		}
+	}
+	return out
 }
 
 // Choices reports how each hook was attached.

