@@ -40,6 +40,13 @@ struct sock_rec {
 	__u64 sk;          /* kernel address of the socket, for BPF maps of other tracers */
 };
 
+/* Bit (1 << state) set for each TCP state to report; 0 reports every
+ * socket. Written by user space before each read. A TIME_WAIT socket is
+ * tested by its TCP_TIME_WAIT state whatever its substate. */
+volatile __u32 state_mask SEC(".data.filter") = 0;
+
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
 /* Force the record types into BTF for bpf2go -type. */
 const struct sock_rec *unused_rec __attribute__((unused));
 const struct sock_header *unused_hdr __attribute__((unused));
@@ -50,6 +57,7 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	struct seq_file *seq = ctx->meta->seq;
 	struct sock_common *skc = ctx->sk_common;
 	struct sock_rec r = {};
+	__u32 mask;
 
 	if (ctx->meta->seq_num == 0) {
 		struct sock_header h = {
@@ -62,12 +70,16 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	}
 	if (!skc)
 		return 0;
+	mask = state_mask;
+	if (mask && !(mask & (1U << (skc->skc_state & 31))))
+		return 0;
 
 	r.family = skc->skc_family;
 	r.state = skc->skc_state;
 	r.sport = skc->skc_num;
 	r.dport = bpf_ntohs(skc->skc_dport);
-	r.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	/* Direct loads through the iterator's BTF pointer: no helper call. */
+	r.netns = skc->skc_net.net->ns.inum;
 	r.sk = (__u64)skc;
 	if (r.family == AF_INET) {
 		r.saddr.v4 = skc->skc_rcv_saddr;
@@ -84,8 +96,15 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 		 * substate were then lost. */
 		const struct inet_timewait_sock *tw = (const void *)skc;
 
-		r.expires = BPF_CORE_READ(tw, tw_timer.expires);
-		r.substate = BPF_CORE_READ(tw, tw_substate);
+		if (bpf_rdonly_cast) {
+			/* 6.2+: a typed view, plain loads instead of probe reads. */
+			tw = bpf_rdonly_cast(skc, bpf_core_type_id_kernel(struct inet_timewait_sock));
+			r.expires = tw->tw_timer.expires;
+			r.substate = tw->tw_substate;
+		} else {
+			r.expires = BPF_CORE_READ(tw, tw_timer.expires);
+			r.substate = BPF_CORE_READ(tw, tw_substate);
+		}
 	} else if (r.state == TCP_NEW_SYN_RECV) {
 		struct tcp_request_sock *req = bpf_skc_to_tcp_request_sock(skc);
 

@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/nettrace/nettrace/internal/attach"
 	"github.com/nettrace/nettrace/internal/kernel"
 	"github.com/nettrace/nettrace/internal/netns"
@@ -82,10 +84,40 @@ var Hooks = []attach.Hook{{
 	},
 }}
 
+// StateMask selects TCP states: bit 1<<State for each state to read. The
+// zero mask selects every socket.
+type StateMask uint32
+
+// States returns the mask that selects the given states.
+func States(states ...State) StateMask {
+	var m StateMask
+	for _, s := range states {
+		m |= 1 << (s & 31)
+	}
+	return m
+}
+
+// Has reports whether m selects state s.
+func (m StateMask) Has(s State) bool { return m == 0 || m&(1<<(s&31)) != 0 }
+
+// kernel is the mask the iterator tests against a socket's kernel state: a
+// FIN_WAIT2 socket after close() lives as a timewait sock in TIME_WAIT state.
+func (m StateMask) kernel() uint32 {
+	if m != 0 && m.Has(FinWait2) {
+		m |= 1 << TimeWait
+	}
+	return uint32(m)
+}
+
 // Table reads TCP sockets.
 type Table struct {
-	objs *attach.Objects
-	it   interface{ Open() (io.ReadCloser, error) }
+	objs   *attach.Objects
+	it     interface{ Open() (io.ReadCloser, error) }
+	filter *ebpf.Map // .data.filter: the iterator's state_mask
+
+	mu   sync.Mutex // one read at a time: the filter and buffer are shared
+	mask uint32     // the state_mask last written
+	buf  []byte     // the iterator's output, kept between reads
 
 	hzOnce sync.Once
 	hz     float64
@@ -101,7 +133,12 @@ func New() (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Table{objs: objs, it: objs.Iters["dump_tcp"]}, nil
+	filter := objs.Maps[".data.filter"]
+	if filter == nil {
+		objs.Close()
+		return nil, fmt.Errorf("load socktable: no .data.filter map")
+	}
+	return &Table{objs: objs, it: objs.Iters["dump_tcp"], filter: filter}, nil
 }
 
 // Close detaches the iterator.
@@ -128,11 +165,42 @@ const (
 	magic   = 0x6e74736b
 	hdrSize = 24
 	recSize = int(unsafe.Sizeof(rawRec{}))
+	// readSize is the least room offered to each read(2) of the iterator.
+	readSize = 1 << 20
 )
 
 // Read returns the sockets of the network namespace at path ("" = ours).
 func (t *Table) Read(nsPath string) (*Snapshot, error) {
-	var buf []byte
+	snap := &Snapshot{}
+	if err := t.ReadInto(snap, nsPath, 0); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// ReadStates returns the sockets of the network namespace at path ("" =
+// ours) whose state states selects; the others are skipped in the kernel.
+func (t *Table) ReadStates(nsPath string, states StateMask) (*Snapshot, error) {
+	snap := &Snapshot{}
+	if err := t.ReadInto(snap, nsPath, states); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// ReadInto reads the sockets of the network namespace at nsPath ("" = ours)
+// whose state states selects into snap, reusing snap.Sockets: a caller that
+// reads every interval keeps one Snapshot and allocates nothing per socket.
+func (t *Table) ReadInto(snap *Snapshot, nsPath string, states StateMask) error {
+	hz := t.HZ()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if k := states.kernel(); k != t.mask {
+		if err := t.filter.Update(uint32(0), k, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("set socket state filter: %w", err)
+		}
+		t.mask = k
+	}
 	err := netns.Do(nsPath, func() error {
 		// The iterator walks the namespace of the thread that opens it.
 		rd, err := t.it.Open()
@@ -140,34 +208,40 @@ func (t *Table) Read(nsPath string) (*Snapshot, error) {
 			return fmt.Errorf("open tcp iterator: %w", err)
 		}
 		defer rd.Close()
-		buf, err = io.ReadAll(rd)
+		t.buf, err = readAll(rd, t.buf[:0])
 		if err != nil {
 			return fmt.Errorf("read tcp iterator: %w", err)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	h, socks, err := decode(buf)
-	if err != nil {
-		return nil, err
-	}
-	hz := t.HZ()
-	for i := range socks {
-		if exp := socks[i].Remaining; exp != 0 {
-			left := int64(uint64(exp) - h.jiffies)
-			if left < 0 {
-				left = 0
-			}
-			socks[i].Remaining = time.Duration(float64(left) / hz * float64(time.Second))
-		}
-	}
-	return &Snapshot{Time: time.Now(), Sockets: socks}, nil
+	snap.Time = time.Now()
+	snap.Sockets, err = decode(t.buf, snap.Sockets[:0], states, hz)
+	return err
 }
 
-// decode parses the iterator's output. Remaining holds raw expiry jiffies.
-func decode(buf []byte) (header, []Socket, error) {
+// readAll reads rd to its end into buf, growing it in large steps.
+func readAll(rd io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if cap(buf)-len(buf) < readSize {
+			buf = slices.Grow(buf, max(readSize, cap(buf)))
+		}
+		n, err := rd.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF || (n == 0 && err == nil) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// decodeHeader checks and returns the header that starts buf, and the
+// records after it.
+func decodeHeader(buf []byte) (header, []byte, error) {
 	var h header
 	if len(buf) == 0 {
 		return h, nil, nil // no socket: the iterator never ran the program
@@ -175,8 +249,8 @@ func decode(buf []byte) (header, []Socket, error) {
 	if len(buf) < hdrSize {
 		return h, nil, fmt.Errorf("decode tcp iterator: %d bytes, want a header", len(buf))
 	}
-	ne := binary.NativeEndian
-	h = header{ne.Uint32(buf), ne.Uint32(buf[4:]), ne.Uint64(buf[8:]), ne.Uint64(buf[16:])}
+	le := binary.LittleEndian // both targets (amd64, arm64) are little-endian
+	h = header{le.Uint32(buf), le.Uint32(buf[4:]), le.Uint64(buf[8:]), le.Uint64(buf[16:])}
 	if h.magic != magic || int(h.recSize) != recSize {
 		return h, nil, fmt.Errorf("decode tcp iterator: bad header (magic %#x, record size %d, want %d)", h.magic, h.recSize, recSize)
 	}
@@ -189,36 +263,58 @@ func decode(buf []byte) (header, []Socket, error) {
 	if len(buf)%recSize != 0 {
 		return h, nil, fmt.Errorf("decode tcp iterator: %d bytes is not a whole number of records", len(buf))
 	}
-	socks := make([]Socket, 0, len(buf)/recSize)
-	for off := 0; off < len(buf); off += recSize {
-		r := (*rawRec)(unsafe.Pointer(&buf[off]))
-		s := Socket{
-			State:      State(r.State),
-			RxQueue:    r.RxQueue,
-			TxQueue:    r.TxQueue,
-			MaxBacklog: r.MaxBacklog,
-			SynQueue:   r.SynQueue,
-			UID:        r.UID,
-			Inode:      r.Ino,
-			Netns:      r.Netns,
-			Sock:       r.Sock,
-			Remaining:  time.Duration(r.Expires),
-		}
-		s.Local = netip.AddrPortFrom(addr(r.Family, r.Saddr), r.Sport)
-		s.Remote = netip.AddrPortFrom(addr(r.Family, r.Daddr), r.Dport)
-		if s.State == TimeWait && r.Substate == uint8(FinWait2) {
-			s.State = FinWait2 // a FIN_WAIT2 socket after close() lives as a timewait sock
-		}
-		socks = append(socks, s)
-	}
-	return h, socks, nil
+	return h, buf, nil
 }
 
-func addr(family uint16, b [16]byte) netip.Addr {
+// decode appends the sockets of the iterator's output that states selects
+// to socks, turning timer expiries into time left at hz.
+func decode(buf []byte, socks []Socket, states StateMask, hz float64) ([]Socket, error) {
+	h, recs, err := decodeHeader(buf)
+	if err != nil {
+		return socks, err
+	}
+	le := binary.LittleEndian
+	perJiffy := float64(time.Second) / hz
+	for ; len(recs) >= recSize; recs = recs[recSize:] {
+		r := recs[:recSize:recSize]
+		// Offsets of struct sock_rec: saddr 0, daddr 16, sport 32, dport 34,
+		// family 36, state 38, substate 39, rx_queue 40, tx_queue 44,
+		// max_backlog 48, syn_queue 52, uid 56, ino 64, expires 72,
+		// netns 80, sk 88.
+		st := State(r[38])
+		if st == TimeWait && r[39] == uint8(FinWait2) {
+			st = FinWait2 // a FIN_WAIT2 socket after close() lives as a timewait sock
+		}
+		if !states.Has(st) {
+			continue
+		}
+		family := le.Uint16(r[36:])
+		socks = append(socks, Socket{
+			State:      st,
+			Local:      netip.AddrPortFrom(addr(family, r[0:16]), le.Uint16(r[32:])),
+			Remote:     netip.AddrPortFrom(addr(family, r[16:32]), le.Uint16(r[34:])),
+			RxQueue:    le.Uint32(r[40:]),
+			TxQueue:    le.Uint32(r[44:]),
+			MaxBacklog: le.Uint32(r[48:]),
+			SynQueue:   le.Uint32(r[52:]),
+			UID:        le.Uint32(r[56:]),
+			Inode:      le.Uint64(r[64:]),
+			Netns:      le.Uint64(r[80:]),
+			Sock:       le.Uint64(r[88:]),
+		})
+		if exp := le.Uint64(r[72:]); exp != 0 {
+			left := max(int64(exp-h.jiffies), 0)
+			socks[len(socks)-1].Remaining = time.Duration(float64(left) * perJiffy)
+		}
+	}
+	return socks, nil
+}
+
+func addr(family uint16, b []byte) netip.Addr {
 	if family == 2 { // AF_INET
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}
-	return netip.AddrFrom16(b).Unmap()
+	return netip.AddrFrom16([16]byte(b)).Unmap()
 }
 
 // HZ is the kernel's timer frequency, measured once from two iterator
@@ -236,7 +332,7 @@ func (t *Table) HZ() float64 {
 			if err != nil {
 				return header{}, err
 			}
-			h, _, err := decode(b)
+			h, _, err := decodeHeader(b)
 			return h, err
 		}
 		a, err := read()

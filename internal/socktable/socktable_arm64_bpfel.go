@@ -55,6 +55,7 @@ type socktableSockRec struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	socktableProgDumpTcp  = "dump_tcp"
+	socktableVarStateMask = "state_mask"
 	socktableVarUnusedHdr = "unused_hdr"
 	socktableVarUnusedRec = "unused_rec"
 )
@@ -114,6 +115,7 @@ type socktableMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socktableVariableSpecs struct {
+	StateMask *ebpf.VariableSpec `ebpf:"state_mask"`
 	UnusedHdr *ebpf.VariableSpec `ebpf:"unused_hdr"`
 	UnusedRec *ebpf.VariableSpec `ebpf:"unused_rec"`
 }
@@ -148,6 +150,7 @@ func (m *socktableMaps) Close() error {
 //
 // It can be passed to loadSocktableObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socktableVariables struct {
+	StateMask *ebpf.Variable `ebpf:"state_mask"`
 	UnusedHdr *ebpf.Variable `ebpf:"unused_hdr"`
 	UnusedRec *ebpf.Variable `ebpf:"unused_rec"`
 }

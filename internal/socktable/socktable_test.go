@@ -6,6 +6,7 @@ import (
 	"sort"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/nettrace/nettrace/internal/netns"
 	"github.com/nettrace/nettrace/internal/testutil"
@@ -77,6 +78,32 @@ func TestMatchesProcNetTCP(t *testing.T) {
 		t.Fatalf("iterator and /proc/net/tcp disagree:\niter: %v\nproc: %v", got, want)
 	}
 
+	// A state filter skips the other sockets in the kernel and keeps the
+	// selected ones exactly; a reused snapshot holds only the new read.
+	var reused Snapshot
+	for _, mask := range []StateMask{States(Listen), States(TimeWait, Established), States(FinWait2), 0} {
+		if err := tab.ReadInto(&reused, ns.Path(), mask); err != nil {
+			t.Fatal(err)
+		}
+		got, want = nil, nil
+		for _, s := range reused.Sockets {
+			got = append(got, key(s))
+		}
+		for _, s := range truth {
+			if mask.Has(s.State) {
+				want = append(want, key(s))
+			}
+		}
+		sort.Strings(got)
+		sort.Strings(want)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("states %#x: iterator and /proc/net/tcp disagree:\niter: %v\nproc: %v", mask, got, want)
+		}
+		if mask == States(Listen) && len(got) != 3 {
+			t.Errorf("LISTEN filter: %d sockets, want the 3 listeners", len(got))
+		}
+	}
+
 	nsID, err := netns.ID(ns.Path())
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +145,30 @@ func TestParseHexAddr(t *testing.T) {
 		got, err := parseHexAddr(in)
 		if err != nil || got.String() != want {
 			t.Errorf("parseHexAddr(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+}
+
+// TestRecordLayout checks the offsets decode reads against the record
+// struct bpf2go generated from bpf/socktable.bpf.c.
+func TestRecordLayout(t *testing.T) {
+	var r socktableSockRec
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"saddr", unsafe.Offsetof(r.Saddr), 0}, {"daddr", unsafe.Offsetof(r.Daddr), 16},
+		{"sport", unsafe.Offsetof(r.Sport), 32}, {"dport", unsafe.Offsetof(r.Dport), 34},
+		{"family", unsafe.Offsetof(r.Family), 36}, {"state", unsafe.Offsetof(r.State), 38},
+		{"substate", unsafe.Offsetof(r.Substate), 39}, {"rx_queue", unsafe.Offsetof(r.RxQueue), 40},
+		{"tx_queue", unsafe.Offsetof(r.TxQueue), 44}, {"max_backlog", unsafe.Offsetof(r.MaxBacklog), 48},
+		{"syn_queue", unsafe.Offsetof(r.SynQueue), 52}, {"uid", unsafe.Offsetof(r.Uid), 56},
+		{"ino", unsafe.Offsetof(r.Ino), 64}, {"expires", unsafe.Offsetof(r.Expires), 72},
+		{"netns", unsafe.Offsetof(r.Netns), 80}, {"sk", unsafe.Offsetof(r.Sk), 88},
+		{"size", unsafe.Sizeof(r), uintptr(recSize)},
+	} {
+		if c.got != c.want {
+			t.Errorf("struct sock_rec %s at %d, decode reads %d", c.name, c.got, c.want)
 		}
 	}
 }

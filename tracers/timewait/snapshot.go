@@ -48,11 +48,11 @@ func (s Side) String() string {
 // in bpf/timewait.bpf.c: a listening local port makes us the server, a
 // listening remote port (loopback) the client; otherwise the lower port is
 // taken for the server's.
-func sideOf(listen map[uint16]bool, lport, rport uint16) Side {
+func sideOf(listen *portSet, lport, rport uint16) Side {
 	switch {
-	case listen[lport]:
+	case listen.has(lport):
 		return Server
-	case listen[rport]:
+	case listen.has(rport):
 		return Client
 	case lport < rport:
 		return Server
@@ -70,7 +70,7 @@ type rowID struct {
 	side          Side
 }
 
-func newRowID(ns uint64, listen map[uint16]bool, t tuple) rowID {
+func newRowID(ns uint64, listen *portSet, t tuple) rowID {
 	id := rowID{netns: ns, side: sideOf(listen, t.lp, t.rp), local: t.l, remote: t.r}
 	if id.side == Server {
 		id.lport = t.lp
@@ -118,10 +118,10 @@ type nsState struct {
 	id     uint64
 	path   string
 	time   time.Time
-	tw     map[tuple]time.Duration // TIME_WAIT sockets: timer left (snapshot tier only)
-	cw     map[tuple]bool          // CLOSE_WAIT sockets
+	tw     []twSock       // TIME_WAIT sockets sorted by address (snapshot tier only)
+	cw     map[tuple]bool // CLOSE_WAIT sockets
 	cwRow  map[rowID]int
-	listen map[uint16]bool
+	listen *portSet
 	stats  map[string]uint64  // TcpExt counters
 	owned  []socktable.Socket // LISTEN and CLOSE_WAIT sockets, to find their processes
 }
@@ -145,13 +145,19 @@ type Sysctls struct {
 // Ports is the size of the ephemeral port range.
 func (s Sysctls) Ports() int { return int(s.PortHi) - int(s.PortLo) + 1 }
 
+// closingStates are the sockets the tracer reads: the closing states, and
+// the listeners that tell the server side and its process.
+var closingStates = socktable.States(socktable.TimeWait, socktable.FinWait1, socktable.FinWait2,
+	socktable.CloseWait, socktable.LastAck, socktable.Closing, socktable.Listen)
+
+// observe reads a namespace. The snapshot is the tracer's own, reused by the
+// next observe.
 func (t *Tracer) observe(path string) (*observation, error) {
-	snap, err := t.tab.Read(path)
-	if err != nil {
+	if err := t.tab.ReadInto(&t.snap, path, closingStates); err != nil {
 		return nil, err
 	}
-	o := &observation{snap: snap}
-	err = netns.Do(path, func() error {
+	o := &observation{snap: &t.snap}
+	err := netns.Do(path, func() error {
 		st, err := settings.ReadNetstat(netns.ProcNet("netstat"))
 		if err != nil {
 			return err
@@ -212,44 +218,44 @@ func (t *Tracer) refresh(paths map[uint64]string, now time.Time) error {
 	return nil
 }
 
-// state turns an observation into the previous-state form.
+// state turns an observation into the previous-state form. In the snapshot
+// tier it keeps the TIME_WAIT sockets of the namespace's previous state,
+// which Snapshot replaces with this walk's after the diff, or, for a
+// namespace seen the first time, takes them from the observation.
 func (t *Tracer) state(id uint64, path string, o *observation) *nsState {
 	st := &nsState{id: id, path: path, time: o.snap.Time, cw: map[tuple]bool{}, cwRow: map[rowID]int{},
-		listen: listening(o.snap), stats: o.stats}
-	if !t.exact {
-		n := 0
-		if prev := t.ns[id]; prev != nil {
-			n = len(prev.tw)
-		}
-		st.tw = make(map[tuple]time.Duration, n)
-	}
+		listen: &portSet{}, stats: o.stats}
+	var seed []twSock
+	prev := t.ns[id]
 	for i := range o.snap.Sockets {
 		s := &o.snap.Sockets[i]
 		switch s.State {
 		case socktable.TimeWait:
-			if st.tw != nil {
-				st.tw[tupleOf(s)] = s.Remaining
+			if !t.exact && prev == nil {
+				seed = append(seed, twSock{sk: s.Sock, tp: tupleOf(s), left: s.Remaining})
 			}
 		case socktable.CloseWait:
+			st.owned = append(st.owned, *s)
+		case socktable.Listen:
+			st.listen.add(s.Local.Port())
+			st.owned = append(st.owned, *s)
+		}
+	}
+	for i := range st.owned { // the sides need every listener first
+		if s := &st.owned[i]; s.State == socktable.CloseWait {
 			tp := tupleOf(s)
 			st.cw[tp] = true
 			st.cwRow[newRowID(id, st.listen, tp)]++
-			st.owned = append(st.owned, *s)
-		case socktable.Listen:
-			st.owned = append(st.owned, *s)
 		}
+	}
+	switch {
+	case t.exact:
+	case prev == nil:
+		st.tw = t.tw.sortSockets(seed)
+	default:
+		st.tw = prev.tw
 	}
 	return st
-}
-
-func listening(s *socktable.Snapshot) map[uint16]bool {
-	m := map[uint16]bool{}
-	for _, sk := range s.Sockets {
-		if sk.State == socktable.Listen {
-			m[sk.Local.Port()] = true
-		}
-	}
-	return m
 }
 
 // portKey mirrors struct port_key in bpf/timewait.bpf.c.
@@ -269,7 +275,7 @@ func (t *Tracer) syncListen(st *nsState) error {
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if uint64(k.Netns) == st.id && !st.listen[k.Port] {
+		if uint64(k.Netns) == st.id && !st.listen.has(k.Port) {
 			stale = append(stale, k)
 		}
 	}
@@ -279,12 +285,15 @@ func (t *Tracer) syncListen(st *nsState) error {
 	for _, k := range stale {
 		_ = m.Delete(k)
 	}
-	for p := range st.listen {
-		if err := m.Put(portKey{Netns: uint32(st.id), Port: p}, uint8(1)); err != nil {
-			return fmt.Errorf("store listening port %d: %w", p, err)
+	var err error
+	st.listen.each(func(p uint16) {
+		if err == nil {
+			if perr := m.Put(portKey{Netns: uint32(st.id), Port: p}, uint8(1)); perr != nil {
+				err = fmt.Errorf("store listening port %d: %w", p, perr)
+			}
 		}
-	}
-	return nil
+	})
+	return err
 }
 
 // AllNamespaces finds every network namespace that a process or a file
@@ -396,13 +405,19 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 		return nil, err
 	}
 	rows := map[rowID]*Row{}
+	var recent [8]*Row // rows by a hash of their ports: most sockets hit one
 	row := func(id rowID) *Row {
+		slot := &recent[(id.lport^id.rport^uint16(id.local[15])^uint16(id.remote[15]))&7]
+		if r := *slot; r != nil && r.id == id {
+			return r
+		}
 		r := rows[id]
 		if r == nil {
 			r = &Row{id: id, netns: id.netns, Local: endpoint(addr16(id.local), id.lport),
 				Remote: endpoint(addr16(id.remote), id.rport), Side: id.side.String()}
 			rows[id] = r
 		}
+		*slot = r
 		return r
 	}
 	ids := make([]uint64, 0, len(paths))
@@ -422,6 +437,7 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 		}
 		prev := t.ns[id]
 		cur := t.state(id, path, o)
+		diff := !t.exact && prev != nil
 		if prev == nil { // new namespace (--all-netns): measured from now on
 			prev = cur
 		}
@@ -439,7 +455,6 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 		h.Reused += sub(cur.stats["TWRecycled"], prev.stats["TWRecycled"])
 		h.Overflows += sub(cur.stats["TCPTimeWaitOverflow"], prev.stats["TCPTimeWaitOverflow"])
 		elapsed := cur.time.Sub(prev.time)
-		still := 0 // previous TIME_WAIT sockets still there
 		for i := range o.snap.Sockets {
 			s := &o.snap.Sockets[i]
 			switch s.State {
@@ -452,17 +467,10 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 				if r.id.side == Client && tp.lp >= o.sys.PortLo && tp.lp <= o.sys.PortHi {
 					r.RangePct++ // a count for now
 				}
-				if t.exact {
+				if !diff {
 					continue
 				}
-				// A new 4-tuple, or the same one with a fresh timer: created.
-				left, ok := prev.tw[tp]
-				if ok {
-					still++
-				}
-				if !ok || s.Remaining > left+time.Second {
-					r.Created++
-				}
+				t.tw.add(twSock{sk: s.Sock, tp: tp, left: s.Remaining}, r)
 			case socktable.FinWait1:
 				h.FinWait1++
 			case socktable.FinWait2:
@@ -482,20 +490,17 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 				h.Closing++
 			}
 		}
-		if !t.exact && still < len(prev.tw) {
-			// Gone since the previous snapshot: expired when its timer
-			// would have run out by now, else ended early.
-			for tp, left := range prev.tw {
-				if _, ok := cur.tw[tp]; ok {
-					continue
-				}
-				r := row(newRowID(id, prev.listen, tp))
-				if left <= elapsed+time.Second {
+		if diff {
+			// Gone since the previous walk: expired when its timer would
+			// have run out by now, else ended early.
+			cur.tw = t.tw.merge(prev.tw, func(e twSock) {
+				r := row(newRowID(id, prev.listen, e.tp))
+				if e.left <= elapsed+time.Second {
 					r.Expired++
 				} else {
 					r.Killed++
 				}
-			}
+			})
 		}
 		for rid, n := range cur.cwRow {
 			if n > prev.cwRow[rid] {

@@ -76,7 +76,9 @@ type Tracer struct {
 	exact  bool // TIME_WAIT events come from the kernel, not from diffs
 	ns     map[uint64]*nsState
 	last   time.Time
-	procs  map[rowID]string // last known local closer per row
+	procs  map[rowID]string   // last known local closer per row
+	snap   socktable.Snapshot // the socket table buffer, reused by every read
+	tw     twDiff             // the TIME_WAIT diff\'s buffers
 	closed bool
 }
 
