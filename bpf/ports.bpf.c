@@ -12,7 +12,14 @@
  * Port allocation latency: fentry/kprobe tiers time __inet_hash_connect
  * itself. The tracepoint tier times from CLOSE -> SYN_SENT (set just before
  * the port search) to the first of SYN_SENT -> CLOSE/ESTABLISHED or the
- * return of connect(): the port search plus sending the SYN. */
+ * return of connect(): the port search plus sending the SYN.
+ *
+ * Tracepoint tier cost: sys_enter_connect only notes the call in task
+ * storage (no user memory, no fd walk); the attempt opens at CLOSE ->
+ * SYN_SENT in the connecting thread, where the socket already holds the
+ * destination; sys_exit_connect takes the result. Only a connect that fails
+ * before SYN_SENT (ENETUNREACH, EACCES, ...) resolves its fd and reads the
+ * user sockaddr, at sys_exit. */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
 #include "bpf_tracing.h"
@@ -24,7 +31,11 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define EEXIST 17
 #define EADDRNOTAVAIL 99
+#define ECONNABORTED 103
+#define ECONNRESET 104
 #define EISCONN 106
+#define ETIMEDOUT 110
+#define ECONNREFUSED 111
 #define EALREADY 114
 #define EINPROGRESS 115
 /* Kernel-internal: the system call is restarted after a signal handler. */
@@ -45,7 +56,14 @@ const volatile __u32 targ_netns = 0; /* network namespace inode; 0: every namesp
 const volatile char targ_comm[16] = {};
 const volatile __u32 events_on = 0; /* send one event per connect to the ring buffer */
 
-/* Per-destination figures; user space sums the per-CPU copies. */
+/* A destination as reached by one process. */
+struct proc_key {
+	struct dest_key dest;
+	__u32 tgid;
+};
+
+/* Figures per destination and process (one map, so one lookup per
+ * connect); user space sums the per-CPU copies and the processes. */
 struct dest_stats {
 	__u64 connects;
 	__u64 eaddrnotavail;
@@ -53,16 +71,7 @@ struct dest_stats {
 	__u64 bound_first; /* connects on sockets bound to port 0 before connect() */
 	__u64 lat_max_ns;
 	struct hist lat;   /* port allocation latency, ns */
-};
-
-struct proc_key {
-	struct dest_key dest;
-	__u32 tgid;
-};
-
-struct proc_val {
-	__u64 connects;
-	char comm[16];
+	char comm[16];     /* set in the process's context */
 };
 
 #define F_RETURNED 1    /* the connect call returned (EINPROGRESS or started) */
@@ -70,13 +79,13 @@ struct proc_val {
 #define F_ERR_COUNTED 4 /* the outcome was an error, counted at the state change */
 #define F_INCALL 8      /* inside tcp_v{4,6}_connect */
 #define F_BOUND0 16     /* the socket had a port from bind(port 0) */
-#define F_RESTART 32    /* connect() interrupted by a signal, to be restarted */
 
 /* One connect attempt in flight. */
 struct conn {
 	struct dest_key dest;
 	__u32 tgid;
-	__u64 start;   /* connect call entry */
+	__u64 start;   /* connect call entry (--events only, else 0) */
+	__u64 born;    /* entry created (user space ages out lost attempts) */
 	__u64 ts;      /* port search start */
 	__u64 lat;     /* port allocation latency, ns; 0 until known */
 	__u32 flags;   /* F_*, updated atomically */
@@ -86,11 +95,21 @@ struct conn {
 	char comm[16];
 };
 
-/* A connect() system call in progress on a thread (tracepoint and kprobe tiers). */
+/* A tcp_v{4,6}_connect call in progress on a thread (kprobe tier). */
 struct call {
 	__u64 sk;
-	__u32 repoll; /* connect() again on a socket already connecting */
-	__u32 pad;
+};
+
+#define SC_INCALL 1  /* inside connect() */
+#define SC_RESTART 2 /* connect() returned to be restarted after a signal */
+
+/* The connect() system call of a thread (tracepoint tier), in task storage. */
+struct sysc {
+	__u64 sk;    /* the socket, once this call moved it to SYN_SENT */
+	__u64 uaddr; /* user sockaddr, read only if the call fails before SYN_SENT */
+	__u64 start; /* call entry (--events only, else 0) */
+	__s32 fd;
+	__u32 flags; /* SC_* */
 };
 
 /* One connect for --events. */
@@ -110,7 +129,6 @@ struct event {
 
 enum drop_index {
 	DROP_DESTS,
-	DROP_PROCS,
 	DROP_INFLIGHT,
 	DROP_CALLS,
 	DROP_EVENTS,
@@ -120,21 +138,16 @@ enum drop_index {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 8192);
-	__type(key, struct dest_key);
+	__type(key, struct proc_key);
 	__type(value, struct dest_stats);
 } dests SEC(".maps");
 
+/* Not an LRU: recycling an LRU slot (delete or eviction) costs about 80 ns
+ * more per connect than a hash delete. An attempt whose end is never seen (a
+ * connect() interrupted for good by a signal or a kill) is aged out by user
+ * space (born). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct proc_key);
-	__type(value, struct proc_val);
-} procs SEC(".maps");
-
-/* LRU: an attempt whose end is never seen (a connect() interrupted for good
- * by a signal) must not hold its slot forever. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct conn);
@@ -146,6 +159,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct call);
 } calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sysc);
+} sysc SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -169,9 +189,9 @@ struct {
 /* Force the event types into BTF for bpf2go. */
 const struct event *unused_event __attribute__((unused));
 const struct proc_key *unused_proc_key __attribute__((unused));
+const struct conn *unused_conn __attribute__((unused));
 
 static const struct dest_stats zero_stats;
-static const struct proc_val zero_proc;
 
 static __always_inline void drop(__u32 i)
 {
@@ -198,6 +218,16 @@ static __always_inline bool pass_task(void)
 	}
 	return true;
 }
+
+/* RD reads a kernel field: a plain load through a BTF pointer (btf: tp_btf
+ * and fentry programs), else bpf_probe_read_kernel. */
+#define RD(btf, dst, expr)                                               \
+	do {                                                             \
+		if (btf)                                                 \
+			(dst) = (expr);                                  \
+		else                                                     \
+			bpf_core_read(&(dst), sizeof(dst), &(expr));     \
+	} while (0)
 
 static __always_inline bool pass_sock(const struct sock *sk)
 {
@@ -251,14 +281,15 @@ static __always_inline bool bound_port0(const struct sock *sk)
 }
 
 /* begin opens the in-flight entry of a connect on sk. */
-static __always_inline int begin(__u64 skp, const struct sock *sk, const void *uaddr, bool user, __u32 fn)
+static __always_inline int begin(__u64 skp, const struct sock *sk, const void *uaddr, bool user, __u32 fn, __u64 start)
 {
 	struct conn c = {};
 
 	if (read_dest(&c.dest, uaddr, user))
 		return -1;
 	c.tgid = bpf_get_current_pid_tgid() >> 32;
-	c.start = bpf_ktime_get_ns();
+	c.start = start;
+	c.born = bpf_ktime_get_ns();
 	c.fn = fn;
 	c.flags = F_INCALL;
 	if (bound_port0(sk))
@@ -272,19 +303,20 @@ static __always_inline int begin(__u64 skp, const struct sock *sk, const void *u
 	return 0;
 }
 
-static __always_inline struct dest_stats *dest_get(const struct dest_key *k)
+static __always_inline struct dest_stats *dest_get(const struct conn *e)
 {
-	struct dest_stats *s = bpf_map_lookup_elem(&dests, k);
+	struct proc_key k = {.dest = e->dest, .tgid = e->tgid};
+	struct dest_stats *s = bpf_map_lookup_elem(&dests, &k);
 	long err;
 
 	if (s)
 		return s;
-	err = bpf_map_update_elem(&dests, k, &zero_stats, BPF_NOEXIST);
+	err = bpf_map_update_elem(&dests, &k, &zero_stats, BPF_NOEXIST);
 	if (err && err != -EEXIST) {
 		drop(DROP_DESTS);
 		return NULL;
 	}
-	return bpf_map_lookup_elem(&dests, k);
+	return bpf_map_lookup_elem(&dests, &k);
 }
 
 static __always_inline void count_errno(struct dest_stats *s, int err)
@@ -301,26 +333,6 @@ static __always_inline void count_errno(struct dest_stats *s, int err)
 	v = bpf_map_lookup_elem(&errnos, &slot);
 	if (v)
 		(*v)++;
-}
-
-static __always_inline void count_proc(const struct conn *e)
-{
-	struct proc_key k = {.dest = e->dest, .tgid = e->tgid};
-	struct proc_val *v = bpf_map_lookup_elem(&procs, &k);
-	long err;
-
-	if (!v) {
-		err = bpf_map_update_elem(&procs, &k, &zero_proc, BPF_NOEXIST);
-		if (err && err != -EEXIST) {
-			drop(DROP_PROCS);
-			return;
-		}
-		v = bpf_map_lookup_elem(&procs, &k);
-		if (!v)
-			return;
-		bpf_get_current_comm(v->comm, sizeof(v->comm));
-	}
-	v->connects++;
 }
 
 static __always_inline void emit(const struct conn *e, const struct sock *sk, int err)
@@ -373,8 +385,10 @@ static __always_inline int finish(__u64 skp, long ret)
 	}
 	if (e->ts && !e->lat)
 		e->lat = bpf_ktime_get_ns() - e->ts;
-	s = dest_get(&e->dest);
+	s = dest_get(e);
 	if (s) {
+		if (!s->comm[0]) /* created now, or at a state change in softirq */
+			bpf_get_current_comm(s->comm, sizeof(s->comm));
 		s->connects++;
 		if (e->flags & F_BOUND0)
 			s->bound_first++;
@@ -386,10 +400,12 @@ static __always_inline int finish(__u64 skp, long ret)
 	}
 	if (err && err != EINPROGRESS && !(e->flags & F_ERR_COUNTED))
 		count_errno(s, err);
-	count_proc(e);
 	if (err == 0 || err == EINPROGRESS) {
-		/* Exactly one of this and the state change sees the other's flag. */
-		old = __sync_fetch_and_or(&e->flags, F_RETURNED);
+		/* Exactly one of this and the state change sees the other's
+		 * flag; F_DONE, once set, is final (no atomic needed then). */
+		old = e->flags;
+		if (!(old & F_DONE))
+			old = __sync_fetch_and_or(&e->flags, F_RETURNED);
 		if (!(old & F_DONE))
 			return 0;
 		err = e->outcome;
@@ -399,7 +415,64 @@ static __always_inline int finish(__u64 skp, long ret)
 	return 0;
 }
 
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+/* sys_syn_sent opens the attempt of the connect() system call this thread
+ * is in (tracepoint tier) as it moves sk to SYN_SENT, just before the port
+ * search: the socket holds the destination by then, so nothing is read from
+ * user memory. False when the thread is not in such a call. */
+static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
+{
+	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
+	__u64 skp = (__u64)sk;
+	struct net *net;
+	struct conn n = {};
+	__u32 inum;
+	__u16 num;
+	__u8 locks;
+
+	if (!c || c->flags != SC_INCALL || c->sk)
+		return false;
+	if (targ_netns) {
+		RD(btf, net, sk->__sk_common.skc_net.net);
+		RD(btf, inum, net->ns.inum);
+		if (inum != targ_netns)
+			return true;
+	}
+	RD(btf, n.dest.family, sk->__sk_common.skc_family);
+	RD(btf, n.dest.dport, sk->__sk_common.skc_dport);
+	n.dest.dport = bpf_ntohs(n.dest.dport);
+	if (n.dest.family == AF_INET)
+		RD(btf, n.dest.daddr.v4, sk->__sk_common.skc_daddr);
+	else if (n.dest.family == AF_INET6)
+		bpf_core_read(n.dest.daddr.v6, 16, &sk->__sk_common.skc_v6_daddr);
+	else
+		return true;
+	/* A port already, without SOCK_BINDPORT_LOCK: bind() to port 0. */
+	RD(btf, num, sk->__sk_common.skc_num);
+	if (num) {
+		if (btf)
+			locks = BPF_CORE_READ_BITFIELD(sk, sk_userlocks);
+		else
+			locks = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks);
+		if (!(locks & SOCK_BINDPORT_LOCK))
+			n.flags = F_BOUND0;
+	}
+	n.tgid = bpf_get_current_pid_tgid() >> 32;
+	n.start = c->start;
+	n.ts = bpf_ktime_get_ns();
+	n.born = n.ts;
+	if (events_on)
+		bpf_get_current_comm(n.comm, sizeof(n.comm));
+	if (bpf_map_update_elem(&inflight, &skp, &n, BPF_ANY)) {
+		drop(DROP_INFLIGHT);
+		return true;
+	}
+	c->sk = skp;
+	return true;
+}
+
+/* on_state follows a connecting socket's state changes. btf: sk is a BTF
+ * pointer (plain loads). */
+static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate, bool btf)
 {
 	__u64 skp = (__u64)sk;
 	struct dest_stats *s;
@@ -408,6 +481,8 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	int err;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		if (sys_syn_sent(sk, btf))
+			return 0;
 		e = bpf_map_lookup_elem(&inflight, &skp);
 		if (e && !e->ts)
 			e->ts = bpf_ktime_get_ns();
@@ -430,7 +505,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 				bpf_map_delete_elem(&inflight, &skp);
 			return 0;
 		}
-		s = dest_get(&e->dest);
+		s = dest_get(e);
 		count_errno(s, err);
 		e->outcome = err;
 		old = __sync_fetch_and_or(&e->flags, F_ERR_COUNTED | F_DONE);
@@ -447,32 +522,43 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 
 /* ---- state: socket state changes, every tier ---- */
 
+/* Only CLOSE -> SYN_SENT and leaving SYN_SENT matter: test the states
+ * (arguments) before reading the socket. */
+static __always_inline bool connect_state(int oldstate, int newstate)
+{
+	return oldstate == TCP_SYN_SENT || (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT);
+}
+
 SEC("fentry/tcp_set_state")
 int BPF_PROG(state_fentry, struct sock *sk, int state)
 {
-	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+	int oldstate = sk->__sk_common.skc_state;
+
+	if (!connect_state(oldstate, state))
+		return 0;
+	return on_state(sk, oldstate, state, true);
 }
 
 SEC("kprobe/tcp_set_state")
 int BPF_KPROBE(state_kprobe, struct sock *sk, int state)
 {
-	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state, false);
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(state_tp_btf, const struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!connect_state(oldstate, newstate) || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	return on_state(sk, oldstate, newstate);
+	return on_state(sk, oldstate, newstate, true);
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(state_raw_tp, const struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!connect_state(oldstate, newstate) || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	return on_state(sk, oldstate, newstate);
+	return on_state(sk, oldstate, newstate, false);
 }
 
 /* ---- connect: fentry tier ---- */
@@ -487,7 +573,7 @@ static __always_inline int fn_begin(struct sock *sk, const struct sockaddr *uadd
 	e = bpf_map_lookup_elem(&inflight, &skp);
 	if (e && (e->flags & F_INCALL))
 		return 0; /* tcp_v4_connect inside tcp_v6_connect (v4-mapped) */
-	begin(skp, sk, uaddr, false, fn);
+	begin(skp, sk, uaddr, false, fn, events_on ? bpf_ktime_get_ns() : 0);
 	return 0;
 }
 
@@ -654,56 +740,71 @@ static __always_inline struct sock *fd_sock(int fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-static __always_inline int sys_begin(int fd, const void *uaddr)
+static __always_inline int sys_begin(int fd, __u64 uaddr)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct call c = {};
-	__u16 family = 0;
-	struct conn *e;
-	struct sock *sk;
+	struct sysc *c;
 
 	if (!pass_task())
 		return 0;
-	/* Cheap test first: AF_UNIX and AF_UNSPEC connects are not for us. */
-	if (bpf_probe_read_user(&family, sizeof(family), uaddr) || (family != AF_INET && family != AF_INET6))
+	c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c) {
+		drop(DROP_CALLS);
 		return 0;
-	sk = fd_sock(fd);
+	}
+	if (c->flags == SC_RESTART && c->fd == fd) {
+		c->flags = SC_INCALL; /* the same call, restarted after a signal */
+		return 0;
+	}
+	c->sk = 0;
+	c->uaddr = uaddr;
+	c->fd = fd;
+	c->start = events_on ? bpf_ktime_get_ns() : 0; /* only events show it */
+	c->flags = SC_INCALL;
+	return 0;
+}
+
+/* sys_failed counts a connect() that failed before its socket reached
+ * SYN_SENT (no route, EACCES, ...): rare, so it may walk the fd table and
+ * read the user's sockaddr. */
+static __always_inline int sys_failed(const struct sysc *c, long ret)
+{
+	struct sock *sk = fd_sock(c->fd);
+	__u64 skp = (__u64)sk;
+
 	if (!sk || !pass_sock(sk))
 		return 0;
-	c.sk = (__u64)sk;
-	e = bpf_map_lookup_elem(&inflight, &c.sk);
-	if (e && (e->flags & F_RESTART))
-		__sync_fetch_and_and(&e->flags, ~F_RESTART); /* the same call, restarted */
-	else if (e)
-		c.repoll = 1;
-	else if (begin(c.sk, sk, uaddr, true, 0))
+	if (begin(skp, sk, (const void *)c->uaddr, true, 0, c->start))
 		return 0;
-	if (bpf_map_update_elem(&calls, &tid, &c, BPF_ANY))
-		drop(DROP_CALLS);
-	return 0;
+	return finish(skp, ret);
 }
 
 static __always_inline int sys_end(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct call *cp = bpf_map_lookup_elem(&calls, &tid);
-	struct conn *e;
-	struct call c;
+	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
+	int err = ret < 0 ? -ret : 0;
 
-	if (!cp)
+	if (!c || c->flags != SC_INCALL)
 		return 0;
-	c = *cp;
-	bpf_map_delete_elem(&calls, &tid);
-	if (c.repoll)
-		return 0;
-	if (ret == -ERESTARTSYS || ret == -ERESTARTNOINTR || ret == -ERESTARTNOHAND || ret == -ERESTART_RESTARTBLOCK) {
+	if (err == ERESTARTSYS || err == ERESTARTNOINTR || err == ERESTARTNOHAND || err == ERESTART_RESTARTBLOCK) {
 		/* A signal interrupted the wait; the call is restarted. */
-		e = bpf_map_lookup_elem(&inflight, &c.sk);
-		if (e)
-			__sync_fetch_and_or(&e->flags, F_RESTART);
+		c->flags = SC_RESTART;
 		return 0;
 	}
-	return finish(c.sk, ret);
+	c->flags = 0;
+	if (c->sk)
+		return finish(c->sk, ret);
+	switch (err) {
+	case 0:           /* not TCP, or connect() again on a connected socket */
+	case EINPROGRESS: /* the same, non-blocking */
+	case EALREADY:
+	case EISCONN:
+	case ECONNREFUSED: /* connect() again after an outcome counted at the state change */
+	case ETIMEDOUT:
+	case ECONNRESET:
+	case ECONNABORTED:
+		return 0;
+	}
+	return sys_failed(c, ret);
 }
 
 struct sys_enter_connect_args {
@@ -725,11 +826,35 @@ struct sys_exit_args {
 SEC("tracepoint/syscalls/sys_enter_connect")
 int sys_enter_connect(struct sys_enter_connect_args *ctx)
 {
-	return sys_begin((int)ctx->fd, (const void *)ctx->uservaddr);
+	return sys_begin((int)ctx->fd, ctx->uservaddr);
 }
 
 SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_exit_connect(struct sys_exit_args *ctx)
 {
 	return sys_end(ctx->ret);
+}
+
+/* raw_syscalls: for kernels without syscall tracepoints
+ * (CONFIG_FTRACE_SYSCALLS=n). They run on every system call: sys_enter
+ * passes connect's number only, and sys_exit acts only after a connect's
+ * sys_enter (SC_INCALL in the thread's storage). */
+#if defined(__TARGET_ARCH_x86)
+#define NR_CONNECT 42
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_CONNECT 203
+#endif
+
+SEC("raw_tp/sys_enter")
+int BPF_PROG(sys_enter_raw, struct pt_regs *regs, long id)
+{
+	if (id != NR_CONNECT)
+		return 0;
+	return sys_begin((int)PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs));
+}
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(sys_exit_raw, struct pt_regs *regs, long ret)
+{
+	return sys_end(ret);
 }

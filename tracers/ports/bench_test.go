@@ -35,6 +35,9 @@ func TestOverhead(t *testing.T) {
 		}
 		phase = d
 	}
+	if os.Getenv("NETTRACE_BENCH_RAW") == "1" {
+		preferRaw(t) // the raw_syscalls fallback
+	}
 	workers := 2
 	ns := testutil.NewNetns(t)
 	dest := netip.MustParseAddrPort("127.0.0.1:8088")
@@ -88,7 +91,10 @@ func TestOverhead(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%+v", err)
 		}
-		tierName = fmt.Sprint(tr.objs.Tiers())
+		tierName = ""
+		for _, c := range tr.Choices() {
+			tierName += fmt.Sprintf(" %s=%s", c.Hook, c.Method)
+		}
 		on = append(on, load(phase))
 		if _, err := tr.Frame(time.Now()); err != nil {
 			t.Fatal(err)
@@ -112,7 +118,7 @@ func TestOverhead(t *testing.T) {
 	}
 	mOff, mOn := sum(off), sum(on)
 	var out []string
-	out = append(out, fmt.Sprintf("ports overhead: kernel %s, %d CPUs, %d client threads, tiers %s", kernelRelease(), numCPU(), workers, tierName))
+	out = append(out, fmt.Sprintf("ports overhead: kernel %s, %d CPUs, %d client threads, hooks%s", kernelRelease(), numCPU(), workers, tierName))
 	out = append(out, fmt.Sprintf("connects/s without: %.0f (phases %s)", mOff, floats(off)))
 	out = append(out, fmt.Sprintf("connects/s with:    %.0f (phases %s)", mOn, floats(on)))
 	out = append(out, fmt.Sprintf("throughput ratio:   %.3f (cost %.1f%%)", mOn/mOff, 100*(1-mOn/mOff)))
@@ -127,6 +133,13 @@ func TestOverhead(t *testing.T) {
 			continue
 		}
 		out = append(out, fmt.Sprintf("program %-18s runs %9d  %6.0f ns/run", n, v[1], float64(v[0])/float64(v[1])))
+	}
+	var total uint64
+	for _, v := range progStats {
+		total += v[0]
+	}
+	if v := progStats["sys_exit_connect"]; v[1] > 0 {
+		out = append(out, fmt.Sprintf("BPF time per connect: %.0f ns (all programs; state runs on every TCP state change on the machine)", float64(total)/float64(v[1])))
 	}
 	for _, l := range out {
 		t.Log(l)

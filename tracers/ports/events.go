@@ -95,7 +95,7 @@ func (t *Tracer) ReadEvent() (Event, error) {
 // LostEvents is the number of events the ring buffer could not take.
 func (t *Tracer) LostEvents() (uint64, error) {
 	var vals []uint64
-	if err := t.objs.Maps["drops"].Lookup(uint32(4), &vals); err != nil {
+	if err := t.objs.Maps["drops"].Lookup(uint32(dropEvents), &vals); err != nil {
 		return 0, fmt.Errorf("read drops map: %w", err)
 	}
 	var n uint64

@@ -32,6 +32,8 @@ var Hooks = []attach.Hook{
 				GivesUp: "nothing measured differently; about twice the cost per call"},
 			{Tier: attach.Tracepoint, Programs: []string{"sys_enter_connect", "sys_exit_connect"},
 				GivesUp: "the port search is not timed alone: latency is SYN_SENT until connect() returns (port search plus sending the SYN)"},
+			{Tier: attach.Tracepoint, Programs: []string{"sys_enter_raw", "sys_exit_raw"},
+				GivesUp: "as the syscall tracepoints, and runs on every system call (no CONFIG_FTRACE_SYSCALLS)"},
 		},
 	},
 	{
@@ -77,6 +79,8 @@ type Tracer struct {
 	events  *eventReader
 	prev    *Snapshot
 	start   time.Time
+	lastAge time.Time // last ageInflight pass
+	aged    uint64    // attempts aged out of the inflight map
 }
 
 // New loads and attaches the tracer and the socket table.
@@ -179,11 +183,19 @@ type Proc struct {
 
 // Drops count what the kernel side could not record, by map.
 type Drops struct {
-	Dests, Procs, Inflight, Calls, Events uint64
+	Dests, Inflight, Calls, Events uint64
 }
 
+// Slots of the drops map: enum drop_index in bpf/ports.bpf.c.
+const (
+	dropDests = iota
+	dropInflight
+	dropCalls
+	dropEvents
+)
+
 // Total is the sum of all drops.
-func (d Drops) Total() uint64 { return d.Dests + d.Procs + d.Inflight + d.Calls + d.Events }
+func (d Drops) Total() uint64 { return d.Dests + d.Inflight + d.Calls + d.Events }
 
 // Snapshot is one read of the cumulative counters.
 type Snapshot struct {
@@ -226,12 +238,13 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 		Errnos: map[syscall.Errno]uint64{},
 	}
 	var (
-		k     destKey
+		k     procKey
 		stats []portsDestStats
 	)
 	it := t.objs.Maps["dests"].Iterate()
 	for it.Next(&k, &stats) {
 		c := &Counts{}
+		p := Proc{PID: int(k.TGID)}
 		for _, v := range stats {
 			c.Connects += v.Connects
 			c.AddrNotAvail += v.Eaddrnotavail
@@ -241,9 +254,17 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 			for i, n := range v.Lat.Slots {
 				c.Latency.Slots[i] += n
 			}
+			if p.Comm == "" && v.Comm[0] != 0 {
+				p.Comm = cString(v.Comm[:])
+			}
 		}
-		ap := k.addrPort()
-		if o := s.Dests[ap]; o != nil { // an IPv4 destination reached from IPv4 and IPv6 sockets
+		// An IPv4 destination reached from IPv4 and IPv6 sockets, or by
+		// several processes: one row.
+		ap := k.Dest.addrPort()
+		if p.Connects = c.Connects; p.Connects > 0 {
+			s.Procs[ap] = append(s.Procs[ap], p)
+		}
+		if o := s.Dests[ap]; o != nil {
 			o.Connects += c.Connects
 			o.AddrNotAvail += c.AddrNotAvail
 			o.Errors += c.Errors
@@ -256,26 +277,6 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read dests map: %w", err)
-	}
-
-	var (
-		pk    procKey
-		procs []portsProcVal
-	)
-	it = t.objs.Maps["procs"].Iterate()
-	for it.Next(&pk, &procs) {
-		p := Proc{PID: int(pk.TGID)}
-		for _, v := range procs {
-			p.Connects += v.Connects
-			if p.Comm == "" && v.Comm[0] != 0 {
-				p.Comm = cString(v.Comm[:])
-			}
-		}
-		ap := pk.Dest.addrPort()
-		s.Procs[ap] = append(s.Procs[ap], p)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read procs map: %w", err)
 	}
 
 	perCPU, err := readArray(t.objs.Maps["errnos"])
@@ -291,8 +292,55 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read drops map: %w", err)
 	}
-	s.Drops = Drops{Dests: d[0], Procs: d[1], Inflight: d[2], Calls: d[3], Events: d[4]}
-	return s, nil
+	s.Drops = Drops{Dests: d[dropDests], Inflight: d[dropInflight], Calls: d[dropCalls], Events: d[dropEvents]}
+	n, err := t.ageInflight()
+	t.aged += n
+	s.Drops.Inflight += t.aged
+	return s, err
+}
+
+// maxAttempt is how long an attempt may wait for its outcome before it is
+// counted as lost: a connect() interrupted for good or killed, whose end the
+// kernel side never sees, would otherwise hold its inflight entry forever.
+var maxAttempt = 10 * time.Minute
+
+// ageInflight deletes attempts older than maxAttempt from the inflight map,
+// at most once a minute, and returns how many it deleted.
+func (t *Tracer) ageInflight() (uint64, error) {
+	if time.Since(t.lastAge) < time.Minute {
+		return 0, nil
+	}
+	t.lastAge = time.Now()
+	var ts syscall.Timespec
+	if err := clockMonotonic(&ts); err != nil {
+		return 0, err
+	}
+	now := uint64(ts.Nano())
+	m := t.objs.Maps["inflight"]
+	var (
+		k   uint64
+		v   portsConn
+		old []uint64
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if v.Born != 0 && v.Born < now && now-v.Born > uint64(maxAttempt) {
+			old = append(old, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("read inflight map: %w", err)
+	}
+	var n uint64
+	for _, k := range old {
+		err := m.Delete(k)
+		if err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("delete stale attempt: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // readArray sums a per-CPU array of u64 counters.

@@ -14,17 +14,25 @@ import (
 )
 
 type portsCall struct {
-	_      structs.HostLayout
-	Sk     uint64
-	Repoll uint32
-	Pad    uint32
+	_  structs.HostLayout
+	Sk uint64
 }
 
 type portsConn struct {
-	_       structs.HostLayout
-	Dest    portsDestKey
+	_    structs.HostLayout
+	Dest struct {
+		_     structs.HostLayout
+		Daddr struct {
+			_  structs.HostLayout
+			V4 uint32
+			_  [12]byte
+		}
+		Dport  uint16
+		Family uint16
+	}
 	Tgid    uint32
 	Start   uint64
+	Born    uint64
 	Ts      uint64
 	Lat     uint64
 	Flags   uint32
@@ -32,17 +40,6 @@ type portsConn struct {
 	Fn      uint32
 	Pad     uint32
 	Comm    [16]int8
-}
-
-type portsDestKey struct {
-	_     structs.HostLayout
-	Daddr struct {
-		_  structs.HostLayout
-		V4 uint32
-		_  [12]byte
-	}
-	Dport  uint16
-	Family uint16
 }
 
 type portsDestStats struct {
@@ -56,6 +53,7 @@ type portsDestStats struct {
 		_     structs.HostLayout
 		Slots [27]uint64
 	}
+	Comm [16]int8
 }
 
 type portsEvent struct {
@@ -63,8 +61,17 @@ type portsEvent struct {
 	TsNs      uint64
 	LatNs     uint64
 	ConnectNs uint64
-	Dest      portsDestKey
-	Saddr     struct {
+	Dest      struct {
+		_     structs.HostLayout
+		Daddr struct {
+			_  structs.HostLayout
+			V4 uint32
+			_  [12]byte
+		}
+		Dport  uint16
+		Family uint16
+	}
+	Saddr struct {
 		_  structs.HostLayout
 		V4 uint32
 		_  [12]byte
@@ -80,14 +87,26 @@ type portsEvent struct {
 
 type portsProcKey struct {
 	_    structs.HostLayout
-	Dest portsDestKey
+	Dest struct {
+		_     structs.HostLayout
+		Daddr struct {
+			_  structs.HostLayout
+			V4 uint32
+			_  [12]byte
+		}
+		Dport  uint16
+		Family uint16
+	}
 	Tgid uint32
 }
 
-type portsProcVal struct {
-	_        structs.HostLayout
-	Connects uint64
-	Comm     [16]int8
+type portsSysc struct {
+	_     structs.HostLayout
+	Sk    uint64
+	Uaddr uint64
+	Start uint64
+	Fd    int32
+	Flags uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -100,7 +119,7 @@ const (
 	portsMapErrnos             = "errnos"
 	portsMapEvents             = "events"
 	portsMapInflight           = "inflight"
-	portsMapProcs              = "procs"
+	portsMapSysc               = "sysc"
 	portsProgConnect4Fentry    = "connect4_fentry"
 	portsProgConnect4Fexit     = "connect4_fexit"
 	portsProgConnect4Kprobe    = "connect4_kprobe"
@@ -118,11 +137,14 @@ const (
 	portsProgStateRawTp        = "state_raw_tp"
 	portsProgStateTpBtf        = "state_tp_btf"
 	portsProgSysEnterConnect   = "sys_enter_connect"
+	portsProgSysEnterRaw       = "sys_enter_raw"
 	portsProgSysExitConnect    = "sys_exit_connect"
+	portsProgSysExitRaw        = "sys_exit_raw"
 	portsVarEventsOn           = "events_on"
 	portsVarTargComm           = "targ_comm"
 	portsVarTargNetns          = "targ_netns"
 	portsVarTargTgid           = "targ_tgid"
+	portsVarUnusedConn         = "unused_conn"
 	portsVarUnusedEvent        = "unused_event"
 	portsVarUnusedProcKey      = "unused_proc_key"
 )
@@ -186,7 +208,9 @@ type portsProgramSpecs struct {
 	StateRawTp        *ebpf.ProgramSpec `ebpf:"state_raw_tp"`
 	StateTpBtf        *ebpf.ProgramSpec `ebpf:"state_tp_btf"`
 	SysEnterConnect   *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
+	SysEnterRaw       *ebpf.ProgramSpec `ebpf:"sys_enter_raw"`
 	SysExitConnect    *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
+	SysExitRaw        *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
 }
 
 // portsMapSpecs contains maps before they are loaded into the kernel.
@@ -199,7 +223,7 @@ type portsMapSpecs struct {
 	Errnos   *ebpf.MapSpec `ebpf:"errnos"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
 	Inflight *ebpf.MapSpec `ebpf:"inflight"`
-	Procs    *ebpf.MapSpec `ebpf:"procs"`
+	Sysc     *ebpf.MapSpec `ebpf:"sysc"`
 }
 
 // portsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -210,6 +234,7 @@ type portsVariableSpecs struct {
 	TargComm      *ebpf.VariableSpec `ebpf:"targ_comm"`
 	TargNetns     *ebpf.VariableSpec `ebpf:"targ_netns"`
 	TargTgid      *ebpf.VariableSpec `ebpf:"targ_tgid"`
+	UnusedConn    *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedProcKey *ebpf.VariableSpec `ebpf:"unused_proc_key"`
 }
@@ -240,7 +265,7 @@ type portsMaps struct {
 	Errnos   *ebpf.Map `ebpf:"errnos"`
 	Events   *ebpf.Map `ebpf:"events"`
 	Inflight *ebpf.Map `ebpf:"inflight"`
-	Procs    *ebpf.Map `ebpf:"procs"`
+	Sysc     *ebpf.Map `ebpf:"sysc"`
 }
 
 func (m *portsMaps) Close() error {
@@ -251,7 +276,7 @@ func (m *portsMaps) Close() error {
 		m.Errnos,
 		m.Events,
 		m.Inflight,
-		m.Procs,
+		m.Sysc,
 	)
 }
 
@@ -263,6 +288,7 @@ type portsVariables struct {
 	TargComm      *ebpf.Variable `ebpf:"targ_comm"`
 	TargNetns     *ebpf.Variable `ebpf:"targ_netns"`
 	TargTgid      *ebpf.Variable `ebpf:"targ_tgid"`
+	UnusedConn    *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedProcKey *ebpf.Variable `ebpf:"unused_proc_key"`
 }
@@ -288,7 +314,9 @@ type portsPrograms struct {
 	StateRawTp        *ebpf.Program `ebpf:"state_raw_tp"`
 	StateTpBtf        *ebpf.Program `ebpf:"state_tp_btf"`
 	SysEnterConnect   *ebpf.Program `ebpf:"sys_enter_connect"`
+	SysEnterRaw       *ebpf.Program `ebpf:"sys_enter_raw"`
 	SysExitConnect    *ebpf.Program `ebpf:"sys_exit_connect"`
+	SysExitRaw        *ebpf.Program `ebpf:"sys_exit_raw"`
 }
 
 func (p *portsPrograms) Close() error {
@@ -310,7 +338,9 @@ func (p *portsPrograms) Close() error {
 		p.StateRawTp,
 		p.StateTpBtf,
 		p.SysEnterConnect,
+		p.SysEnterRaw,
 		p.SysExitConnect,
+		p.SysExitRaw,
 	)
 }
 

@@ -226,6 +226,22 @@ func procTimeWait(t *testing.T, ns *testutil.Netns, dest netip.AddrPort) int {
 	return n
 }
 
+// procPorts counts the distinct local ports held toward dest in
+// /proc/net/tcp{,6}.
+func procPorts(t *testing.T, ns *testutil.Netns, dest netip.AddrPort) int {
+	socks, err := socktable.ReadProc(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := map[uint16]bool{}
+	for _, s := range socks {
+		if s.Remote == dest {
+			ports[s.Local.Port()] = true
+		}
+	}
+	return len(ports)
+}
+
 // exhaust is the seed case: a 51-port range, a local server, 200 short
 // connections closed client-first.
 func exhaust(t *testing.T, tier attach.Tier, twReuse string) (clientResult, *Row, output.Frame) {
@@ -276,8 +292,11 @@ func exhaust(t *testing.T, tier attach.Tier, twReuse string) (clientResult, *Row
 	if tw := procTimeWait(t, ns, dest); r.TimeWait != tw {
 		t.Errorf("TIME_WAIT toward %s: %d, /proc/net/tcp shows %d", dest, r.TimeWait, tw)
 	}
-	if r.PortsInUse != 51 || r.RangePct != 100 {
-		t.Errorf("ports in use %d (%.0f%%), want 51 of 51", r.PortsInUse, r.RangePct)
+	// Usually 51 of 51; now and then the kernel's search leaves one port
+	// of this odd-sized range unused (the client then sees one more
+	// EADDRNOTAVAIL): nettrace must show what /proc/net/tcp holds.
+	if held := procPorts(t, ns, dest); r.PortsInUse != held || held < 50 || r.RangePct != 100*float64(held)/51 {
+		t.Errorf("ports in use %d (%.0f%%), /proc/net/tcp shows %d of 51 (want 50 or 51)", r.PortsInUse, r.RangePct, held)
 	}
 	if w := hasWarning(f, WarnRangeUsed); w == nil || !strings.Contains(w.Fix, "ip_local_port_range") {
 		t.Errorf("no exhaustion warning with its fix: %+v", f.Warnings)
@@ -299,8 +318,8 @@ func TestExhaustion(t *testing.T) {
 		if res0.addrNotAvail < 100 {
 			t.Errorf("client saw only %d EADDRNOTAVAIL with 51 ports and 200 connects", res0.addrNotAvail)
 		}
-		if r0.TimeWait != 51 {
-			t.Errorf("TIME_WAIT %d, want 51", r0.TimeWait)
+		if r0.TimeWait != r0.PortsInUse || r0.TimeWait < 50 {
+			t.Errorf("TIME_WAIT %d, want every port held (%d, 50 or 51)", r0.TimeWait, r0.PortsInUse)
 		}
 		for _, code := range []string{WarnAddrNotAvail, WarnTimeWaitRange} {
 			if hasWarning(f0, code) == nil {
@@ -629,4 +648,153 @@ func TestRestartedConnect(t *testing.T) {
 			t.Errorf("%d connects, %d errors; the client made 2, both ok", r.Connects, r.Errors+r.AddrNA)
 		}
 	})
+}
+
+// dialN makes n connects to ap from inside ns and counts those that failed
+// with want.
+func dialN(t *testing.T, ns *testutil.Netns, ap netip.AddrPort, n int, want error) int {
+	t.Helper()
+	var got int
+	ns.Do(func() error {
+		for range n {
+			c, err := net.Dial("tcp", ap.String())
+			if err == nil {
+				c.Close()
+				continue
+			}
+			if errors.Is(err, want) {
+				got++
+			} else {
+				t.Logf("dial %s: %v", ap, err)
+			}
+		}
+		return nil
+	})
+	return got
+}
+
+// connectMix checks exact per-destination counts for successful connects,
+// refused non-blocking ones and connects that fail before the socket leaves
+// CLOSE (no route: the tracepoint tier's slow path at sys_exit).
+func connectMix(t *testing.T, tr *Tracer, ns *testutil.Netns, port uint16) {
+	t.Helper()
+	ok := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	refused := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port+1)
+	noRoute4 := netip.MustParseAddrPort("10.9.9.9:80")
+	noRoute6 := netip.MustParseAddrPort("[2001:db8::9]:80")
+	srv := serve(t, ns, ok.String())
+	res := connectN(t, ns, ok, 300)
+	gotRefused := dialN(t, ns, refused, 10, unix.ECONNREFUSED)
+	got4 := dialN(t, ns, noRoute4, 5, unix.ENETUNREACH)
+	got6 := dialN(t, ns, noRoute6, 3, unix.ENETUNREACH)
+	waitClosed(t, ns, srv, res.ok)
+	if res.ok != 300 || gotRefused != 10 || got4 != 5 || got6 != 3 {
+		t.Fatalf("client: %d/300 ok, %d/10 refused, %d/5 and %d/3 ENETUNREACH", res.ok, gotRefused, got4, got6)
+	}
+	f, err := tr.Frame(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		dest             netip.AddrPort
+		connects, errors uint64
+	}{{ok, 300, 0}, {refused, 10, 10}, {noRoute4, 5, 5}, {noRoute6, 3, 3}} {
+		r := findRow(t, f, c.dest.String())
+		if r.Connects != c.connects || r.Errors != c.errors || r.AddrNA != 0 || r.TopPID != os.Getpid() {
+			t.Errorf("%s: %d connects, %d errors, %d EADDRNOTAVAIL, top %s; want %d, %d, 0, pid %d",
+				c.dest, r.Connects, r.Errors, r.AddrNA, r.Process, c.connects, c.errors, os.Getpid())
+		}
+	}
+	if r := findRow(t, f, ok.String()); r.LatP50 <= 0 {
+		t.Errorf("%s: latency p50 %.3f us, want above zero", ok, r.LatP50)
+	}
+	for _, h := range f.Header {
+		if h.Key == "failures_by_errno" {
+			if s := h.Value.(interface{ String() string }).String(); s != "ECONNREFUSED:10 ENETUNREACH:8" {
+				t.Errorf("failures by errno %q, want ECONNREFUSED:10 ENETUNREACH:8", s)
+			}
+		}
+	}
+}
+
+// Connects that fail before SYN_SENT (no route) count in every tier.
+func TestEarlyFailure(t *testing.T) {
+	testutil.RequireBPF(t)
+	tiers(t, func(t *testing.T, tier attach.Tier) {
+		ns := testutil.NewNetns(t)
+		connectMix(t, newTracer(t, ns, tier), ns, 8091)
+	})
+}
+
+// The raw_syscalls fallback (kernels without CONFIG_FTRACE_SYSCALLS) counts
+// as the syscall tracepoints do.
+func TestRawSyscalls(t *testing.T) {
+	testutil.RequireBPF(t)
+	preferRaw(t)
+	ns := testutil.NewNetns(t)
+	tr := newTracer(t, ns, attach.Tracepoint)
+	if c, _ := tr.objs.Choice("connect"); c.Method != "raw_tp" {
+		t.Fatalf("connect hook attached by %s, want raw_tp (refused: %+v)", c.Method, c.Refused)
+	}
+	connectMix(t, tr, ns, 8093)
+}
+
+// An attempt whose end never comes (here a forged inflight entry born at
+// boot) is aged out of the map and counted as dropped.
+func TestAgeInflight(t *testing.T) {
+	testutil.RequireBPF(t)
+	saved := maxAttempt
+	maxAttempt = time.Second // the VM may have booted less than 10 minutes ago
+	t.Cleanup(func() { maxAttempt = saved })
+	ns := testutil.NewNetns(t)
+	tr := newTracer(t, ns, attach.Auto)
+	m := tr.objs.Maps["inflight"]
+	fresh, stale := uint64(0xfeed0000), uint64(0xdead0000)
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Put(stale, portsConn{Born: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Put(fresh, portsConn{Born: uint64(ts.Nano())}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Delete(fresh) })
+	tr.lastAge = time.Time{}
+	s, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v portsConn
+	if err := m.Lookup(stale, &v); err == nil {
+		t.Error("stale attempt still in the inflight map")
+	}
+	if err := m.Lookup(fresh, &v); err != nil {
+		t.Errorf("fresh attempt aged out: %v", err)
+	}
+	if s.Drops.Inflight != 1 {
+		t.Errorf("inflight drops %d, want 1", s.Drops.Inflight)
+	}
+}
+
+// preferRaw puts the raw_syscalls alternative of the connect hook first for
+// the rest of the test. Every program stays in a hook (the others would be
+// loaded unattached).
+func preferRaw(t *testing.T) {
+	saved := Hooks
+	t.Cleanup(func() { Hooks = saved })
+	Hooks = slices.Clone(saved)
+	for i, h := range Hooks {
+		if h.Name != "connect" {
+			continue
+		}
+		raw := slices.IndexFunc(h.Alternatives, func(a attach.Alternative) bool {
+			return slices.Contains(a.Programs, "sys_enter_raw")
+		})
+		first := h.Alternatives[raw]
+		rest := slices.Delete(slices.Clone(h.Alternatives), raw, raw+1)
+		h.Alternatives = append([]attach.Alternative{first}, rest...)
+		Hooks[i] = h
+	}
 }

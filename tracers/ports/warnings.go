@@ -77,8 +77,8 @@ func warnings(rows []*Row, set Settings, drops Drops, latency string) []output.W
 	}
 	if d := drops.Total(); d > 0 {
 		ws = append(ws, output.Warning{Code: WarnDropped,
-			Message: fmt.Sprintf("%d records lost since the start: maps full (destinations %d, processes %d, in flight %d, calls %d), ring buffer full (events %d)",
-				d, drops.Dests, drops.Procs, drops.Inflight, drops.Calls, drops.Events),
+			Message: fmt.Sprintf("%d records lost since the start: maps full (destinations by process %d, in flight %d, calls %d), ring buffer full (events %d)",
+				d, drops.Dests, drops.Inflight, drops.Calls, drops.Events),
 			Fix: "narrow the trace with -p, --comm or --dst"})
 	}
 	return ws
