@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nettrace/nettrace/internal/output"
+	"github.com/nettrace/nettrace/internal/socktable"
 )
 
 // Row is one listening socket in the output.
@@ -100,7 +101,7 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 		drops, lost := t.events.take()
 		f.Header = append(f.Header, output.Field{Key: "events_lost", Label: "events lost", Value: lost + s.Lost["events_lost"]})
 		names := map[uint64]string{}
-		if snap, err := t.tab.Read(t.opts.NetnsPath); err == nil {
+		if snap, err := t.tab.ReadStates(t.opts.NetnsPath, socktable.States(socktable.Listen)); err == nil {
 			for _, so := range snap.Sockets {
 				names[so.Sock] = so.Local.String()
 			}

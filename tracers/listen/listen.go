@@ -249,7 +249,7 @@ func (t *Tracer) readSysctls() (map[string]int64, error) {
 // readSockets reads the namespace's listeners and tells the programs where
 // they are.
 func (t *Tracer) readSockets() ([]socktable.Socket, error) {
-	snap, err := t.tab.Read(t.opts.NetnsPath)
+	snap, err := t.tab.ReadStates(t.opts.NetnsPath, socktable.States(socktable.Listen))
 	if err != nil {
 		return nil, err
 	}
