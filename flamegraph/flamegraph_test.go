@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -106,6 +108,27 @@ func TestParseFoldedErrors(t *testing.T) {
 		if le.Line != tc.line || !strings.Contains(err.Error(), tc.msg) || !strings.HasPrefix(err.Error(), fmt.Sprintf("line %d: ", tc.line)) {
 			t.Errorf("%s: %q, want line %d and %q", tc.file, err, tc.line, tc.msg)
 		}
+	}
+}
+
+// TestReadFoldedSharedPrefixes checks the reuse of the previous line's frames
+// against a plain split, on lines that share prefixes in every way.
+func TestReadFoldedSharedPrefixes(t *testing.T) {
+	lines := []string{"a;b;c 1", "a;b;c 2", "a;b 3", "a;bc;d 4", "a;b;c;d 5", "a 6", "ab;c 7", "ab;c;d 8", "x 9", "a;b;c 10"}
+	var got []string
+	err := ReadFolded(strings.NewReader(strings.Join(lines, "\n")), func(frames []string, count int64) {
+		got = append(got, strings.Join(frames, ";")+" "+strconv.FormatInt(count, 10))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, lines) {
+		t.Errorf("got %q, want %q", got, lines)
+	}
+	err = ReadFolded(strings.NewReader("a;b 1\na;;b 2\n"), func([]string, int64) {})
+	var le *LineError
+	if !errors.As(err, &le) || le.Line != 2 {
+		t.Errorf("empty frame after a shared prefix: got %v, want a *LineError for line 2", err)
 	}
 }
 
@@ -401,13 +424,36 @@ func TestCommas(t *testing.T) {
 	}
 }
 
-// BenchmarkSVG renders a 1,000,000-line folded file (see scripts/bench-profile-svg.sh).
+// BenchmarkSVG renders a 1,000,000-line folded file (see scripts/bench-profile.sh).
 func BenchmarkSVG(b *testing.B) {
 	data := synthFolded(1_000_000)
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
 		tr, err := ParseFolded(bytes.NewReader(data))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := tr.WriteSVG(io.Discard, Options{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSVGFile renders the folded file named by NETTRACE_BENCH_FOLDED
+// (scripts/bench-flamegraph.sh makes one), as `nettrace flamegraph` does.
+func BenchmarkSVGFile(b *testing.B) {
+	name := os.Getenv("NETTRACE_BENCH_FOLDED")
+	if name == "" {
+		b.Skip("NETTRACE_BENCH_FOLDED is not set")
+	}
+	for b.Loop() {
+		f, err := os.Open(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tr, err := ParseFolded(f)
+		f.Close()
 		if err != nil {
 			b.Fatal(err)
 		}

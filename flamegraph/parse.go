@@ -58,7 +58,7 @@ func newScanner(r io.Reader) *bufio.Scanner {
 func ReadFolded(r io.Reader, add AddFunc) error {
 	sc := newScanner(r)
 	in := interner{}
-	var frames []string
+	var frames, names []string // names: the previous line's frames
 	n := 0
 	for sc.Scan() {
 		n++
@@ -84,7 +84,26 @@ func ReadFolded(r io.Reader, add AddFunc) error {
 		if len(stack) == 0 {
 			return bad("parse folded stack: empty stack")
 		}
-		frames = frames[:0]
+		// Consecutive lines usually share a prefix (folded files are
+		// sorted): reuse the previous line's strings while the frames match.
+		m := 0
+		for m < len(names) {
+			i := bytes.IndexByte(stack, ';')
+			f := stack
+			if i >= 0 {
+				f = stack[:i]
+			}
+			if string(f) != names[m] {
+				break
+			}
+			m++
+			if i < 0 {
+				stack = nil
+				break
+			}
+			stack = stack[i+1:]
+		}
+		names = names[:m]
 		for len(stack) > 0 {
 			i := bytes.IndexByte(stack, ';')
 			f := stack
@@ -94,10 +113,12 @@ func ReadFolded(r io.Reader, add AddFunc) error {
 				stack = nil
 			}
 			if len(f) == 0 {
+				names = names[:0]
 				return bad("parse folded stack: empty frame")
 			}
-			frames = append(frames, in.get(f))
+			names = append(names, in.get(f))
 		}
+		frames = append(frames[:0], names...)
 		add(frames, count)
 	}
 	if err := sc.Err(); err != nil {

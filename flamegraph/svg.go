@@ -84,21 +84,22 @@ type frame struct {
 // root (0), leaving out frames narrower than o.MinWidth and their subtrees.
 func (t *Tree) layout(o *Options) (frames []frame, maxDepth int, maxDelta float64) {
 	scaleBefore := 1.0
-	if o.Diff && o.Normalize && t.nodes[0].before > 0 {
-		scaleBefore = float64(t.nodes[0].value) / float64(t.nodes[0].before)
+	negate := o.Diff && o.Negate
+	if o.Diff && o.Normalize && t.value(0, true) > 0 {
+		scaleBefore = float64(t.value(0, false)) / float64(t.value(0, true))
 	}
 	width := func(n int32) float64 {
-		if o.Diff && o.Negate {
-			return float64(t.nodes[n].before) * scaleBefore
+		if negate {
+			return float64(t.value(n, true)) * scaleBefore
 		}
-		return float64(t.nodes[n].value)
+		return float64(t.node(n).value)
 	}
 	total := width(0)
 	if total <= 0 {
 		return nil, 0, 0
 	}
 	scale := (float64(o.Width) - 2*xpad) / total
-	ch := t.children()
+	var buf []int32
 	var walk func(n int32, depth int, x float64)
 	walk = func(n int32, depth int, x float64) {
 		w := width(n) * scale
@@ -107,15 +108,20 @@ func (t *Tree) layout(o *Options) (frames []frame, maxDepth int, maxDelta float6
 		}
 		f := frame{node: n, depth: depth, x: x, w: w}
 		if o.Diff {
-			f.delta = float64(t.nodes[n].value) - float64(t.nodes[n].before)*scaleBefore
+			f.delta = float64(t.value(n, false)) - float64(t.value(n, true))*scaleBefore
 			maxDelta = math.Max(maxDelta, math.Abs(f.delta))
 		}
 		frames = append(frames, f)
 		maxDepth = max(maxDepth, depth)
-		for _, c := range ch[n] {
+		start := len(buf)
+		buf = t.sortedChildren(buf, n)
+		end := len(buf)
+		for i := start; i < end; i++ {
+			c := buf[i]
 			walk(c, depth+1, x)
 			x += width(c) * scale
 		}
+		buf = buf[:start]
 	}
 	walk(0, 0, xpad)
 	return frames, maxDepth, maxDelta
@@ -141,10 +147,7 @@ func (t *Tree) WriteSVG(w io.Writer, o Options) error {
 	}
 	ypad2 := o.FontSize*2 + 10
 	height := float64(maxDepth+1)*fh + ypad1 + ypad2
-	total := float64(t.nodes[0].value)
-	if o.Diff && o.Negate {
-		total = float64(t.nodes[0].before)
-	}
+	total := float64(t.value(0, o.Diff && o.Negate))
 
 	bw := bufio.NewWriterSize(w, 1<<16)
 	W := float64(o.Width)
@@ -187,18 +190,14 @@ var fontsize = %g, fontwidth = %g, xpad = %g, inverted = %t, total = %g;
 
 	var buf []byte
 	for _, f := range frames {
-		n := t.nodes[f.node]
-		name := t.names[n.name]
+		name := t.names[t.node(f.node).name]
 		var y float64
 		if o.Inverted {
 			y = ypad1 + float64(f.depth)*fh
 		} else {
 			y = height - ypad2 - float64(f.depth+1)*fh
 		}
-		count := n.value
-		if o.Diff && o.Negate {
-			count = n.before
-		}
+		count := t.value(f.node, o.Diff && o.Negate)
 		var fill rgb
 		if o.Diff {
 			fill = diffColor(f.delta, maxDelta)

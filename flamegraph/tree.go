@@ -14,55 +14,68 @@ import (
 // Tree is a set of stacks merged by common prefix. Node 0 is the root
 // ("all"); every other node is a frame under its parent.
 type Tree struct {
-	names []string         // interned frame names
-	ids   map[string]int32 // name -> index in names
-	nodes []node
-	wide  map[int32]map[int32]int32 // child index of nodes with many children
-	last  []int32                   // node path of the previous stack
+	names  []string                  // interned frame names
+	ids    map[string]int32          // name -> index in names
+	chunks [][]node                  // nodes, chunkSize a chunk: growing never copies them
+	n      int32                     // number of nodes
+	before []int64                   // inclusive counts of the "before" profile (diffs), by node
+	wide   map[int32]map[int32]int32 // child index of nodes with many children
+	last   []int32                   // node path of the previous stack
 }
 
-// A node's children are a linked list (first, next), with an index in wide
-// once there are more than wideAt: most nodes have one or two children, and
-// a node just created has none, so deep new stacks cost no lookups.
+// A node's children are a linked list (first, next), newest first, with an
+// index in wide once there are more than wideAt: most nodes have one or two
+// children, and a node just created has none, so deep new stacks cost no
+// lookups.
 type node struct {
 	name        int32
-	parent      int32
 	first, next int32 // first child, next sibling; -1 for none
 	nchild      int32
 	value       int64 // inclusive count
-	before      int64 // inclusive count of the "before" profile (diffs)
 }
 
-const wideAt = 16
+const (
+	wideAt    = 16
+	chunkBits = 16
+	chunkSize = 1 << chunkBits
+)
+
+// node returns node i.
+func (t *Tree) node(i int32) *node { return &t.chunks[i>>chunkBits][i&(chunkSize-1)] }
 
 func (t *Tree) child(parent, name int32) int32 {
-	p := &t.nodes[parent]
+	p := t.node(parent)
 	if p.nchild > wideAt {
 		if c, ok := t.wide[parent][name]; ok {
 			return c
 		}
 		return -1
 	}
-	for c := p.first; c >= 0; c = t.nodes[c].next {
-		if t.nodes[c].name == name {
+	for c := p.first; c >= 0; {
+		n := t.node(c)
+		if n.name == name {
 			return c
 		}
+		c = n.next
 	}
 	return -1
 }
 
 func (t *Tree) newChild(parent, name int32) int32 {
-	c := int32(len(t.nodes))
-	p := &t.nodes[parent]
-	t.nodes = append(t.nodes, node{name: name, parent: parent, first: -1, next: p.first})
-	p = &t.nodes[parent]
+	c := t.n
+	if int(c>>chunkBits) == len(t.chunks) {
+		t.chunks = append(t.chunks, make([]node, chunkSize))
+	}
+	t.n++
+	p := t.node(parent)
+	*t.node(c) = node{name: name, first: -1, next: p.first}
 	p.first = c
 	p.nchild++
 	switch {
 	case p.nchild == wideAt+1:
 		m := make(map[int32]int32, 2*wideAt)
-		for x := p.first; x >= 0; x = t.nodes[x].next {
-			m[t.nodes[x].name] = x
+		for x := p.first; x >= 0; x = t.node(x).next {
+			m[t.node(x).name] = x
 		}
 		t.wide[parent] = m
 	case p.nchild > wideAt+1:
@@ -73,8 +86,11 @@ func (t *Tree) newChild(parent, name int32) int32 {
 
 // NewTree returns an empty tree.
 func NewTree() *Tree {
-	return &Tree{names: []string{"all"}, ids: map[string]int32{}, nodes: []node{{parent: -1, first: -1, next: -1}},
-		wide: map[int32]map[int32]int32{}}
+	t := &Tree{names: []string{"all"}, ids: map[string]int32{}, wide: map[int32]map[int32]int32{}}
+	t.chunks = [][]node{make([]node, chunkSize)}
+	t.chunks[0][0] = node{first: -1, next: -1}
+	t.n = 1
+	return t
 }
 
 // Add adds count to a stack given root first.
@@ -100,7 +116,7 @@ func (t *Tree) add(frames []string, count int64, before bool) {
 	// follow the previous stack's path while the frames are the same.
 	same := true
 	for i, f := range frames {
-		if same && i < len(t.last) && t.names[t.nodes[t.last[i]].name] == f {
+		if same && i < len(t.last) && t.names[t.node(t.last[i]).name] == f {
 			cur = t.last[i]
 			t.bump(cur, count, before)
 			continue
@@ -124,45 +140,44 @@ func (t *Tree) add(frames []string, count int64, before bool) {
 }
 
 func (t *Tree) bump(n int32, count int64, before bool) {
-	if before {
-		t.nodes[n].before += count
-	} else {
-		t.nodes[n].value += count
+	if !before {
+		t.node(n).value += count
+		return
 	}
+	if int(n) >= len(t.before) {
+		t.before = append(t.before, make([]int64, int(t.n)-len(t.before))...)
+	}
+	t.before[n] += count
+}
+
+// value returns node n's inclusive count, of the "before" side if before.
+func (t *Tree) value(n int32, before bool) int64 {
+	if !before {
+		return t.node(n).value
+	}
+	if int(n) >= len(t.before) {
+		return 0
+	}
+	return t.before[n]
 }
 
 // Total returns the count of all stacks (the "after" side of a diff).
-func (t *Tree) Total() int64 { return t.nodes[0].value }
+func (t *Tree) Total() int64 { return t.node(0).value }
 
 // TotalBefore returns the count of the "before" side of a diff.
-func (t *Tree) TotalBefore() int64 { return t.nodes[0].before }
+func (t *Tree) TotalBefore() int64 { return t.value(0, true) }
 
-// children returns each node's children sorted by name, as slices of one
-// shared array.
-func (t *Tree) children() [][]int32 {
-	start := make([]int32, len(t.nodes)+1)
-	for i := 1; i < len(t.nodes); i++ {
-		start[t.nodes[i].parent+1]++
+// sortedChildren appends node n's children, sorted by name, to buf.
+func (t *Tree) sortedChildren(buf []int32, n int32) []int32 {
+	start := len(buf)
+	for c := t.node(n).first; c >= 0; c = t.node(c).next {
+		buf = append(buf, c)
 	}
-	for i := 1; i < len(start); i++ {
-		start[i] += start[i-1]
+	c := buf[start:]
+	if len(c) > 1 {
+		sort.Slice(c, func(i, j int) bool { return t.names[t.node(c[i]).name] < t.names[t.node(c[j]).name] })
 	}
-	all := make([]int32, len(t.nodes))
-	fill := append([]int32(nil), start[:len(t.nodes)]...)
-	for i := 1; i < len(t.nodes); i++ {
-		p := t.nodes[i].parent
-		all[fill[p]] = int32(i)
-		fill[p]++
-	}
-	ch := make([][]int32, len(t.nodes))
-	for n := range t.nodes {
-		c := all[start[n]:start[n+1]:start[n+1]]
-		if len(c) > 1 {
-			sort.Slice(c, func(i, j int) bool { return t.names[t.nodes[c[i]].name] < t.names[t.nodes[c[j]].name] })
-		}
-		ch[n] = c
-	}
-	return ch
+	return buf
 }
 
 // Stack is one folded stack: frames root first, and its count.
@@ -177,7 +192,7 @@ func (t *Tree) Stacks() []Stack {
 	t.walkSelf(func(path []int32, self int64) {
 		fr := make([]string, len(path))
 		for i, n := range path {
-			fr[i] = t.names[t.nodes[n].name]
+			fr[i] = t.names[t.node(n).name]
 		}
 		out = append(out, Stack{fr, self})
 	})
@@ -187,13 +202,15 @@ func (t *Tree) Stacks() []Stack {
 // walkSelf visits every node with a self count, with its path from the
 // root's first child, in sorted order.
 func (t *Tree) walkSelf(fn func(path []int32, self int64)) {
-	ch := t.children()
-	var path []int32
+	var path, buf []int32
 	var walk func(n int32)
 	walk = func(n int32) {
-		self := t.nodes[n].value
-		for _, c := range ch[n] {
-			self -= t.nodes[c].value
+		start := len(buf)
+		buf = t.sortedChildren(buf, n)
+		end := len(buf)
+		self := t.node(n).value
+		for _, c := range buf[start:end] {
+			self -= t.node(c).value
 		}
 		if n != 0 {
 			path = append(path, n)
@@ -201,12 +218,13 @@ func (t *Tree) walkSelf(fn func(path []int32, self int64)) {
 				fn(path, self)
 			}
 		}
-		for _, c := range ch[n] {
-			walk(c)
+		for i := start; i < end; i++ {
+			walk(buf[i])
 		}
 		if n != 0 {
 			path = path[:len(path)-1]
 		}
+		buf = buf[:start]
 	}
 	walk(0)
 }
@@ -222,7 +240,7 @@ func (t *Tree) WriteFolded(w io.Writer) error {
 			if i > 0 {
 				buf = append(buf, ';')
 			}
-			buf = append(buf, t.names[t.nodes[n].name]...)
+			buf = append(buf, t.names[t.node(n).name]...)
 		}
 		buf = append(buf, ' ')
 		buf = strconv.AppendInt(buf, self, 10)
