@@ -13,8 +13,9 @@
 #   VMTEST_KERNEL   bzImage to boot instead of the newest Debian 6.1 cloud kernel
 #   VMTEST_KEEP=1   keep the work directory after a successful run
 #   CI and NETTRACE_* are passed to the tests; NETTRACE_VMTEST=1,
-#   NETTRACE_BIN and NETTRACE_EXPECT_TIER (from VMTEST_EXPECT_TIER, default
-#   fentry: the host's value describes the host's kernel) are set.
+#   NETTRACE_BIN, NETTRACE_TESTDATA_BIN (the static C test programs) and
+#   NETTRACE_EXPECT_TIER (from VMTEST_EXPECT_TIER, default fentry: the
+#   host's value describes the host's kernel) are set.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -130,13 +131,38 @@ if [ -d cmd/nettrace ]; then
 	bin=/bin/nettrace
 fi
 
+# The C test programs (testutil.CProgram), built static: the VM has no
+# compiler. Each line of spin.variants is "NAME HOST-FLAGS | STATIC-FLAGS".
+cbin=
+variants=$moddir/tracers/profile/testdata/spin.variants
+if [ -f "$variants" ]; then
+	if is_root; then
+		need gcc gcc
+		case $(gcc -print-file-name=libc.a) in /*) ;; *) apt_install libc6-dev ;; esac
+	fi
+	if command -v gcc >/dev/null; then
+		mkdir -p "$root/vmtest/cbin"
+		while IFS='|' read -r v static; do
+			read -r v _ <<<"$v"
+			case "$v" in '' | '#'*) continue ;; esac
+			read -ra static <<<"$static" # no globbing: nettrace_* is for ld
+			[ ${#static[@]} -gt 0 ] || die "$variants: no static flags for $v"
+			gcc -O2 -fno-omit-frame-pointer -o "$root/vmtest/cbin/spin-$v" "${variants%/*}/spin.c" "${static[@]}" ||
+				die "cannot build the static C test program spin-$v: install gcc and libc6-dev"
+		done <"$variants"
+		cbin=/vmtest/cbin
+	else
+		log "no gcc: the C test programs are not built (their tests skip in the VM)"
+	fi
+fi
+
 # Environment of the tests, as sh assignments.
 q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 {
 	if [ -n "${CI+x}" ]; then echo "export CI=$(q "$CI")"; fi
 	while read -r v; do
 		case "$v" in
-		NETTRACE_BIN | NETTRACE_EXPECT_TIER) ;; # they describe the host, not the VM
+		NETTRACE_BIN | NETTRACE_EXPECT_TIER | NETTRACE_TESTDATA_BIN) ;; # they describe the host, not the VM
 		*) echo "export $v=$(q "${!v}")" ;;
 		esac
 	done < <(compgen -e | grep '^NETTRACE_' || true)
@@ -144,6 +170,7 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 	echo "export NETTRACE_EXPECT_TIER=$(q "${VMTEST_EXPECT_TIER-fentry}")"
 	echo "export NETTRACE_VMTEST=1"
 	if [ -n "$bin" ]; then echo "export NETTRACE_BIN=$bin"; fi
+	if [ -n "$cbin" ]; then echo "export NETTRACE_TESTDATA_BIN=$cbin"; fi
 	echo "VMTEST_ARGS=$(q "${VMTEST_ARGS:-}") VMTEST_DEADLINE=$((timeout_s * 9 / 10))"
 } >"$root/vmtest/env"
 

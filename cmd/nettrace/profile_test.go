@@ -68,15 +68,8 @@ func TestFlamegraphCommand(t *testing.T) {
 // checks every output format, and that go tool pprof names it on top.
 func TestProfileCommand(t *testing.T) {
 	testutil.RequireBPF(t)
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Skip("needs gcc for the C test program")
-	}
+	bin := testutil.CProgram(t, "pie", "spin")
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "spin")
-	if out, err := exec.Command(gcc, "-O2", "-fno-omit-frame-pointer", "-o", bin, "../../tracers/profile/testdata/spin.c").CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
 	spin := exec.Command(bin, "spin", "20")
 	if err := spin.Start(); err != nil {
 		t.Fatal(err)
@@ -201,15 +194,8 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // every output format.
 func TestProfileOffCPU(t *testing.T) {
 	testutil.RequireBPF(t)
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Skip("needs gcc for the C test program")
-	}
+	bin := testutil.CProgram(t, "pie", "offcpu_sleeper")
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "offcpu_sleeper")
-	if out, err := exec.Command(gcc, "-O2", "-fno-omit-frame-pointer", "-o", bin, "../../tracers/profile/testdata/spin.c").CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
 	pb, folded, svg := filepath.Join(dir, "o.pb.gz"), filepath.Join(dir, "o.folded"), filepath.Join(dir, "o.svg")
 	prof := exec.Command(binary, "profile", "--off-cpu", "--min-block", "1ms", "--comm", "offcpu_sleeper", "-d", "6s", "-o", pb, "-o", folded, "-o", svg)
 	var stderr bytes.Buffer

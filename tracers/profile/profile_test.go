@@ -106,21 +106,6 @@ func goHelper(t *testing.T, mode string) int {
 	return startHelper(t, cmd)
 }
 
-// buildC compiles testdata/spin.c with gcc.
-func buildC(t *testing.T, name string, flags ...string) string {
-	t.Helper()
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Skip("needs gcc to build the C test program")
-	}
-	out := filepath.Join(t.TempDir(), name)
-	args := append([]string{"-O2", "-fno-omit-frame-pointer", "-o", out, "testdata/spin.c"}, flags...)
-	if b, err := exec.Command(gcc, args...).CombinedOutput(); err != nil {
-		t.Fatalf("gcc %v: %v\n%s", args, err, b)
-	}
-	return out
-}
-
 // profilePID samples one process for d at a high rate.
 func profilePID(t *testing.T, pid int, d time.Duration) *Profile {
 	t.Helper()
@@ -297,7 +282,7 @@ func TestExitedProcess(t *testing.T) {
 // its own mappings, not the Go binary's.
 func TestExec(t *testing.T) {
 	testutil.RequireBPF(t)
-	bin := buildC(t, "spin-exec", "-pie", "-fPIE")
+	bin := testutil.CProgram(t, "pie", "spin-exec")
 	tr, err := New(Options{Frequency: 499})
 	if err != nil {
 		t.Fatalf("New: %+v", err)
@@ -334,14 +319,13 @@ func TestExec(t *testing.T) {
 func TestCSpin(t *testing.T) {
 	testutil.RequireBPF(t)
 	for _, tc := range []struct {
-		name  string
-		flags []string
+		name, variant string
 	}{
-		{"frame-pointers", []string{"-no-pie"}},
-		{"stripped-pie", []string{"-pie", "-fPIE", "-rdynamic", "-s"}},
+		{"frame-pointers", "fp"},
+		{"stripped-pie", "stripped-pie"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bin := buildC(t, "spin-"+tc.name, tc.flags...)
+			bin := testutil.CProgram(t, tc.variant, "spin-"+tc.name)
 			pid := startHelper(t, exec.Command(bin, "spin", "30"))
 			p := profilePID(t, pid, 2*time.Second)
 			sh, desc := share(p, leafIs("nettrace_spin_c"))
