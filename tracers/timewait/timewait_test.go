@@ -103,13 +103,31 @@ func countProc(t *testing.T, ns *testutil.Netns, st socktable.State, localPort u
 // waitProc waits until /proc/net/tcp shows want sockets in state st.
 func waitProc(t *testing.T, ns *testutil.Netns, st socktable.State, localPort uint16, want int) {
 	t.Helper()
+	if why := waitProcErr(t, ns, st, localPort, want); why != "" {
+		t.Fatal(why)
+	}
+}
+
+// waitProcErr is waitProc, returning what /proc/net/tcp shows instead of
+// failing.
+func waitProcErr(t *testing.T, ns *testutil.Netns, st socktable.State, localPort uint16, want int) string {
+	t.Helper()
 	var got int
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if got = countProc(t, ns, st, localPort); got == want {
-			return
+			return ""
 		}
 	}
-	t.Fatalf("/proc/net/tcp shows %d sockets in %s, want %d", got, st, want)
+	socks, _ := socktable.ReadProc(ns.Path())
+	states := map[string]int{}
+	for _, s := range socks {
+		if localPort == 0 || s.Local.Port() == localPort || s.Remote.Port() == localPort {
+			states[s.State.String()]++
+		}
+	}
+	ns2 := netstat(t, ns)
+	return fmt.Sprintf("/proc/net/tcp shows %d sockets in %s, want %d (states %v; TWOverflow %d TWKilled %d TWRecycled %d)",
+		got, st, want, states, ns2["TCPTimeWaitOverflow"], ns2["TWKilled"], ns2["TWRecycled"])
 }
 
 func netstat(t *testing.T, ns *testutil.Netns) map[string]uint64 {
@@ -158,10 +176,24 @@ func newTracer(t *testing.T, ns *testutil.Netns, tier attach.Tier) *Tracer {
 // client's row.
 func serverFirst(t *testing.T, tr *Tracer, ns *testutil.Netns, n int) *Snapshot {
 	t.Helper()
+	s, why := tryServerFirst(t, tr, ns, n)
+	if s == nil {
+		t.Fatal(why)
+	}
+	return s
+}
+
+// tryServerFirst is serverFirst, returning nil and why when the kernel
+// itself did not end up with n TIME_WAIT sockets (the scenario did not
+// happen, so there is nothing to check nettrace against).
+func tryServerFirst(t *testing.T, tr *Tracer, ns *testutil.Netns, n int) (*Snapshot, string) {
+	t.Helper()
 	if got := clientAfterServer(t, ns, n); got != n {
 		t.Fatalf("client saw %d EOFs, want %d", got, n)
 	}
-	waitProc(t, ns, socktable.TimeWait, port, n)
+	if why := waitProcErr(t, ns, socktable.TimeWait, port, n); why != "" {
+		return nil, why
+	}
 	s, err := tr.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -193,17 +225,33 @@ func serverFirst(t *testing.T, tr *Tracer, ns *testutil.Netns, n int) *Snapshot 
 	if srv.AgeMax > 15 || srv.AgeMax < srv.AgeP50 {
 		t.Errorf("ages of fresh TIME_WAIT: p50 %.1fs, max %.1fs", srv.AgeP50, srv.AgeMax)
 	}
-	return s
+	return s, ""
 }
 
 // 500 connections closed by the server first: exactly 500 TIME_WAIT on the
 // server side, and the warning for a server collecting TIME_WAIT.
 func TestServerFirst500(t *testing.T) {
 	testutil.RequireBPF(t)
-	ns := testutil.NewNetns(t)
-	serve(t, ns, closeAtOnce)
-	tr := newTracer(t, ns, attach.Auto)
-	s := serverFirst(t, tr, ns, 500)
+	var (
+		ns *testutil.Netns
+		tr *Tracer
+		s  *Snapshot
+	)
+	// Seen twice under the whole test suite's load: the kernel ends with
+	// 499 TIME_WAIT for 500 server-first closes. Then the scenario did not
+	// happen; run it once more in a fresh namespace.
+	for attempt := 1; s == nil; attempt++ {
+		ns = testutil.NewNetns(t)
+		serve(t, ns, closeAtOnce)
+		tr = newTracer(t, ns, attach.Auto)
+		var why string
+		if s, why = tryServerFirst(t, tr, ns, 500); s == nil {
+			if attempt == 2 {
+				t.Fatal(why)
+			}
+			t.Logf("attempt %d: %s", attempt, why)
+		}
+	}
 	if got := countProc(t, ns, socktable.TimeWait, 0); got != 500 {
 		t.Errorf("/proc/net/tcp has %d TIME_WAIT, want 500", got)
 	}
