@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/nettrace/nettrace/internal/attach"
 	"github.com/nettrace/nettrace/internal/hist"
@@ -256,6 +257,23 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read tasks: %w", err)
 	}
+	// The programs add a span when it ends: a thread on a CPU of its own
+	// may run for seconds between two switches. Credit the spans under way
+	// up to now (the clock of bpf_ktime_get_ns), as schedstat does; the
+	// next snapshot's completed span then adds only the rest.
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err == nil {
+		mono := uint64(ts.Nano())
+		for tid, v := range s.Tasks {
+			if v.TsIn != 0 && mono > v.TsIn {
+				v.OnCPUNS += mono - v.TsIn
+			}
+			if v.TsQueued != 0 && mono > v.TsQueued {
+				v.RunqNS += mono - v.TsQueued
+			}
+			s.Tasks[tid] = v
+		}
+	}
 	var drops []uint64
 	if err := t.objs.Maps["dropped"].Lookup(uint32(0), &drops); err != nil {
 		return nil, fmt.Errorf("read sched drops: %w", err)
@@ -312,7 +330,7 @@ func Deltas(prev, cur *Snapshot) []Delta {
 		d := Delta{
 			TID: tid, TGID: c.TGID, Comm: c.CommString(),
 			Voluntary: c.Voluntary - p.Voluntary, Involuntary: c.Involuntary - p.Involuntary,
-			RunqNS: c.RunqNS - p.RunqNS, OffNS: c.OffCPUNS - p.OffCPUNS, OnCPUNS: c.OnCPUNS - p.OnCPUNS,
+			RunqNS: sub0(c.RunqNS, p.RunqNS), OffNS: c.OffCPUNS - p.OffCPUNS, OnCPUNS: sub0(c.OnCPUNS, p.OnCPUNS),
 			Runq: c.Runq.Sub(&p.Runq),
 		}
 		if c.RunqMaxNS > p.RunqMaxNS {
@@ -324,6 +342,15 @@ func Deltas(prev, cur *Snapshot) []Delta {
 		out = append(out, d)
 	}
 	return out
+}
+
+// sub0 is a-b, or 0 when a span credited as under way at the previous
+// snapshot (read a moment before the clock) came out a little shorter.
+func sub0(a, b uint64) uint64 {
+	if a < b {
+		return 0
+	}
+	return a - b
 }
 
 // Frame returns the figures of the interval since the previous call.

@@ -102,8 +102,14 @@ func TestVoluntaryPingPong(t *testing.T) {
 		if !near(b.Involuntary, p.invol, 0.01, 1) {
 			t.Errorf("thread %d: BPF %d involuntary switches, /proc %d", i, b.Involuntary, p.invol)
 		}
-		if !near(b.OnCPUNS, p.oncpuNS, 0.2, uint64(5*time.Millisecond)) {
-			t.Errorf("thread %d: BPF %v on CPU, schedstat %v", i, time.Duration(b.OnCPUNS), time.Duration(p.oncpuNS))
+		// Runnable time (waiting plus running) agrees closely; where the
+		// kernel puts the boundary between the two differs from the
+		// tracepoint by a microsecond or two per switch, which adds up
+		// over 40,000 switches on a loaded VM (seen: 113 ms on CPU by BPF,
+		// 150 ms by schedstat, the sums 198 and 194 ms).
+		if !near(b.OnCPUNS+b.RunqNS, p.oncpuNS+p.runDelayNS, 0.1, uint64(5*time.Millisecond)) {
+			t.Errorf("thread %d: BPF %v runnable (%v on CPU), schedstat %v (%v)", i, time.Duration(b.OnCPUNS+b.RunqNS), time.Duration(b.OnCPUNS),
+				time.Duration(p.oncpuNS+p.runDelayNS), time.Duration(p.oncpuNS))
 		}
 		// A blocked thread is off CPU from the switch-out until it runs.
 		if b.OffNS+b.OnCPUNS > uint64(m.elapsed)*11/10 || b.OffNS == 0 {
@@ -163,7 +169,7 @@ func TestHogsRunQueue(t *testing.T) {
 	var splitRunq uint64
 	for i := range 2 {
 		b, p := split.bpf[i], split.proc[i]
-		checkTimes(t, i, b, p)
+		checkRunnable(t, i, b, p)
 		if !near(b.Involuntary, p.invol, 0.01, 1) {
 			t.Errorf("hog %d: BPF %d involuntary switches, /proc %d", i, b.Involuntary, p.invol)
 		}
@@ -181,6 +187,20 @@ func TestHogsRunQueue(t *testing.T) {
 	}
 }
 
+// checkRunnable compares the time a hog was runnable (waiting or running)
+// with /proc/PID/task/TID/schedstat's: the two agree closely whatever else
+// loads the machine. On a CPU of its own a hog waits only for other work,
+// and how the kernel splits that time between run_delay and
+// sum_exec_runtime depends on the interrupt and softirq load there (seen in
+// CI: 225 ms waiting by BPF, 458 ms by schedstat, the sums equal); so the
+// split is checked only where it is the point, with two hogs on one CPU.
+func checkRunnable(t *testing.T, i int, b Delta, p procTask) {
+	t.Helper()
+	if !near(b.RunqNS+b.OnCPUNS, p.runDelayNS+p.oncpuNS, 0.05, uint64(10*time.Millisecond)) {
+		t.Errorf("hog %d: BPF runnable %v, schedstat %v", i, time.Duration(b.RunqNS+b.OnCPUNS), time.Duration(p.runDelayNS+p.oncpuNS))
+	}
+}
+
 // checkTimes compares a hog's run-queue delay and on-CPU time with
 // /proc/PID/task/TID/schedstat. Their sum is the time the hog was runnable
 // and agrees closely; the split between them less so: the kernel's on-CPU
@@ -189,9 +209,7 @@ func TestHogsRunQueue(t *testing.T) {
 // the network), and it stamps with the run-queue clock.
 func checkTimes(t *testing.T, i int, b Delta, p procTask) {
 	t.Helper()
-	if !near(b.RunqNS+b.OnCPUNS, p.runDelayNS+p.oncpuNS, 0.05, uint64(10*time.Millisecond)) {
-		t.Errorf("hog %d: BPF runnable %v, schedstat %v", i, time.Duration(b.RunqNS+b.OnCPUNS), time.Duration(p.runDelayNS+p.oncpuNS))
-	}
+	checkRunnable(t, i, b, p)
 	if !near(b.RunqNS, p.runDelayNS, 0.3, uint64(10*time.Millisecond)) {
 		t.Errorf("hog %d: BPF run-queue delay %v, schedstat %v", i, time.Duration(b.RunqNS), time.Duration(p.runDelayNS))
 	}
