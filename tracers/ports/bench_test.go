@@ -4,15 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"sort"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/nettrace/nettrace/internal/testutil"
 )
@@ -23,71 +16,14 @@ import (
 // phases without and with the tracer, reporting the throughput ratio and
 // each program's ns per run from the kernel's BPF statistics.
 func TestOverhead(t *testing.T) {
-	if os.Getenv("NETTRACE_BENCH") != "1" {
-		t.Skip("benchmark: set NETTRACE_BENCH=1 (scripts/bench-ports.sh)")
-	}
-	testutil.RequireBPF(t)
-	phase := 3 * time.Second
-	if s := os.Getenv("NETTRACE_BENCH_PHASE"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		phase = d
-	}
+	o := testutil.NewOverhead(t, "127.0.0.1:8088")
 	if os.Getenv("NETTRACE_BENCH_RAW") == "1" {
 		preferRaw(t) // the raw_syscalls fallback
 	}
-	workers := 2
-	ns := testutil.NewNetns(t)
-	dest := netip.MustParseAddrPort("127.0.0.1:8088")
-	var lfd int
-	ns.Do(func() error { lfd, _ = testutil.Listen(t, "tcp4", dest.String(), 4096); return nil })
-	testutil.Accept(t, lfd, false)
-
-	load := func(d time.Duration) float64 {
-		var n atomic.Int64
-		var wg sync.WaitGroup
-		stop := time.Now().Add(d)
-		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ns.Do(func() error {
-					sa := &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}
-					for time.Now().Before(stop) {
-						fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-						if err != nil {
-							return err
-						}
-						unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-						if unix.Connect(fd, sa) == nil {
-							n.Add(1)
-						}
-						unix.Close(fd)
-					}
-					return nil
-				})
-			}()
-		}
-		start := time.Now()
-		wg.Wait()
-		return float64(n.Load()) / time.Since(start).Seconds()
-	}
-
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		t.Fatalf("enable BPF statistics: %v", err)
-	}
-	defer stats.Close()
-
-	load(phase / 3) // warm up
-	var off, on []float64
-	progStats := map[string][2]uint64{} // name -> runtime ns, runs
 	tierName := ""
 	for range 3 {
-		off = append(off, load(phase))
-		tr, err := New(Options{Netns: ns.Path()})
+		o.Off = append(o.Off, o.Load(o.Phase))
+		tr, err := New(Options{Netns: o.NS.Path()})
 		if err != nil {
 			t.Fatalf("%+v", err)
 		}
@@ -95,83 +31,21 @@ func TestOverhead(t *testing.T) {
 		for _, c := range tr.Choices() {
 			tierName += fmt.Sprintf(" %s=%s", c.Hook, c.Method)
 		}
-		on = append(on, load(phase))
+		o.On = append(o.On, o.Load(o.Phase))
 		if _, err := tr.Frame(time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		for name, p := range tr.objs.Programs {
-			s, err := p.Stats()
-			if err != nil {
-				continue
-			}
-			v := progStats[name]
-			progStats[name] = [2]uint64{v[0] + uint64(s.Runtime.Nanoseconds()), v[1] + s.RunCount}
-		}
+		o.AddStats(tr.objs.Programs)
 		tr.Close()
 	}
-	sum := func(xs []float64) float64 {
-		var s float64
-		for _, x := range xs {
-			s += x
-		}
-		return s / float64(len(xs))
-	}
-	mOff, mOn := sum(off), sum(on)
-	var out []string
-	out = append(out, fmt.Sprintf("ports overhead: kernel %s, %d CPUs, %d client threads, hooks%s", kernelRelease(), numCPU(), workers, tierName))
-	out = append(out, fmt.Sprintf("connects/s without: %.0f (phases %s)", mOff, floats(off)))
-	out = append(out, fmt.Sprintf("connects/s with:    %.0f (phases %s)", mOn, floats(on)))
-	out = append(out, fmt.Sprintf("throughput ratio:   %.3f (cost %.1f%%)", mOn/mOff, 100*(1-mOn/mOff)))
-	names := make([]string, 0, len(progStats))
-	for n := range progStats {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		v := progStats[n]
-		if v[1] == 0 {
-			continue
-		}
-		out = append(out, fmt.Sprintf("program %-18s runs %9d  %6.0f ns/run", n, v[1], float64(v[0])/float64(v[1])))
-	}
-	var total uint64
-	for _, v := range progStats {
-		total += v[0]
-	}
-	if v := progStats["sys_exit_connect"]; v[1] > 0 {
-		out = append(out, fmt.Sprintf("BPF time per connect: %.0f ns (all programs; state runs on every TCP state change on the machine)", float64(total)/float64(v[1])))
+	out := o.Report("ports", tierName, 0)
+	if v := o.Progs["sys_exit_connect"]; v[1] > 0 {
+		out = append(out, fmt.Sprintf("BPF time per connect: %.0f ns (all programs; state runs on every TCP state change on the machine)", float64(o.TotalNS())/float64(v[1])))
 	}
 	for _, l := range out {
 		t.Log(l)
 		fmt.Println(l)
 	}
-}
-
-func floats(xs []float64) string {
-	s := ""
-	for i, x := range xs {
-		if i > 0 {
-			s += " "
-		}
-		s += strconv.FormatFloat(x, 'f', 0, 64)
-	}
-	return s
-}
-
-func kernelRelease() string {
-	var u unix.Utsname
-	if unix.Uname(&u) != nil {
-		return "?"
-	}
-	return unix.ByteSliceToString(u.Release[:])
-}
-
-func numCPU() int {
-	var set unix.CPUSet
-	if unix.SchedGetaffinity(0, &set) != nil {
-		return 0
-	}
-	return set.Count()
 }
 
 // TestSocktableCost measures one interval's socket table work (iter/tcp read

@@ -1,0 +1,163 @@
+package testutil
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Overhead is the harness of the tracers' overhead benchmarks (run only
+// with NETTRACE_BENCH=1, from scripts/bench-*.sh): a connect-heavy loopback
+// load against a listener in a fresh namespace, in alternating phases
+// without and with a tracer, with the kernel's BPF statistics on.
+type Overhead struct {
+	NS      *Netns
+	Dst     netip.AddrPort
+	Workers int           // client threads (2)
+	Phase   time.Duration // one phase ($NETTRACE_BENCH_PHASE, 3s)
+
+	Off, On []float64            // connects/s of each phase
+	Progs   map[string][2]uint64 // program name -> run time ns, runs
+}
+
+// NewOverhead skips unless NETTRACE_BENCH=1, checks for BPF, makes the
+// namespace with a listener on dst that accepts and closes, enables BPF
+// run-time statistics until the test ends, and warms the load up.
+func NewOverhead(t *testing.T, dst string) *Overhead {
+	t.Helper()
+	if os.Getenv("NETTRACE_BENCH") != "1" {
+		t.Skip("benchmark: set NETTRACE_BENCH=1 (scripts/bench-*.sh)")
+	}
+	RequireBPF(t)
+	o := &Overhead{NS: NewNetns(t), Dst: netip.MustParseAddrPort(dst), Workers: 2, Phase: 3 * time.Second,
+		Progs: map[string][2]uint64{}}
+	if s := os.Getenv("NETTRACE_BENCH_PHASE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("NETTRACE_BENCH_PHASE: %v", err)
+		}
+		o.Phase = d
+	}
+	var lfd int
+	o.NS.Do(func() error { lfd, _ = Listen(t, "tcp4", dst, 4096); return nil })
+	Accept(t, lfd, false)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatalf("enable BPF statistics: %v", err)
+	}
+	t.Cleanup(func() { stats.Close() })
+	o.Load(o.Phase / 3)
+	return o
+}
+
+// Load runs the client threads for d: each connects and closes with RST (so
+// no port stays in TIME_WAIT) as fast as it can. It returns connects/s.
+func (o *Overhead) Load(d time.Duration) float64 {
+	var (
+		n    atomic.Int64
+		wg   sync.WaitGroup
+		stop = time.Now().Add(d)
+		sa   = &unix.SockaddrInet4{Port: int(o.Dst.Port()), Addr: o.Dst.Addr().As4()}
+	)
+	start := time.Now()
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.NS.Do(func() error {
+				for time.Now().Before(stop) {
+					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+					if err != nil {
+						return err
+					}
+					unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+					if unix.Connect(fd, sa) == nil {
+						n.Add(1)
+					}
+					unix.Close(fd)
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
+// AddStats adds the programs' run time and run count to o.Progs; call it
+// before closing the tracer.
+func (o *Overhead) AddStats(progs map[string]*ebpf.Program) {
+	for name, p := range progs {
+		st, err := p.Stats()
+		if err != nil {
+			continue
+		}
+		v := o.Progs[name]
+		o.Progs[name] = [2]uint64{v[0] + uint64(st.Runtime.Nanoseconds()), v[1] + st.RunCount}
+	}
+}
+
+// Report is the header of a benchmark's output: the machine, the
+// throughput with and without the tracer, and one line per program that
+// ran, with its runs per connect when connects > 0.
+func (o *Overhead) Report(tracer, tiers string, connects float64) []string {
+	mOff, mOn := mean(o.Off), mean(o.On)
+	out := []string{
+		fmt.Sprintf("%s overhead: kernel %s, %d CPUs, %d client threads, tiers %s", tracer, KernelRelease(), runtime.NumCPU(), o.Workers, tiers),
+		fmt.Sprintf("connects/s without: %.0f (phases %.0f)", mOff, o.Off),
+		fmt.Sprintf("connects/s with:    %.0f (phases %.0f)", mOn, o.On),
+		fmt.Sprintf("throughput ratio:   %.3f (cost %.1f%%)", mOn/mOff, 100*(1-mOn/mOff)),
+	}
+	names := make([]string, 0, len(o.Progs))
+	for n := range o.Progs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		v := o.Progs[n]
+		if v[1] == 0 {
+			continue
+		}
+		per := ""
+		if connects > 0 {
+			per = fmt.Sprintf(" (%5.2f per connect)", float64(v[1])/connects)
+		}
+		out = append(out, fmt.Sprintf("program %-18s runs %9d%s %6.0f ns/run", n, v[1], per, float64(v[0])/float64(v[1])))
+	}
+	return out
+}
+
+// TotalNS is the run time of every program, in ns.
+func (o *Overhead) TotalNS() uint64 {
+	var total uint64
+	for _, v := range o.Progs {
+		total += v[0]
+	}
+	return total
+}
+
+func mean(xs []float64) float64 {
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+// KernelRelease is uname -r.
+func KernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return "?"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
