@@ -3,10 +3,8 @@ package socktable
 import (
 	"encoding/binary"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,84 +13,6 @@ import (
 
 	"github.com/nettrace/nettrace/internal/testutil"
 )
-
-// fillTimeWait makes n loopback connections inside ns that the client
-// closes first, so the namespace holds about n client TIME_WAIT sockets,
-// and waits until /proc/net/tcp shows them.
-func fillTimeWait(b *testing.B, ns *testutil.Netns, n int) {
-	b.Helper()
-	ns.SetSysctl(b, "net.ipv4.ip_local_port_range", "1024 65535")
-	ns.SetSysctl(b, "net.ipv4.tcp_max_tw_buckets", strconv.Itoa(2*n))
-	ns.SetSysctl(b, "net.ipv4.tcp_tw_reuse", "0")
-	const perPort = 25_000
-	ports := (n + perPort - 1) / perPort
-	for i := range ports {
-		var ln net.Listener
-		if err := ns.Do(func() (err error) {
-			ln, err = net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", 8080+i))
-			return err
-		}); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() { c.Read(make([]byte, 1)); c.Close() }()
-			}
-		}()
-	}
-	const workers = 8
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for w := range workers {
-		wg.Go(func() {
-			errs <- ns.Do(func() error {
-				for i := w; i < n; i += workers {
-					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-					if err != nil {
-						return err
-					}
-					sa := &unix.SockaddrInet4{Port: 8080 + i%ports, Addr: [4]byte{127, 0, 0, 1}}
-					err = unix.Connect(fd, sa)
-					unix.Close(fd) // client first: the client keeps TIME_WAIT
-					if err != nil {
-						return fmt.Errorf("connect %d: %w", i, err)
-					}
-				}
-				return nil
-			})
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		socks, err := ReadProc(ns.Path())
-		if err != nil {
-			b.Fatal(err)
-		}
-		tw := 0
-		for _, s := range socks {
-			if s.State == TimeWait {
-				tw++
-			}
-		}
-		if tw >= n*99/100 {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%d TIME_WAIT sockets, want %d", tw, n)
-		}
-	}
-}
 
 // BenchmarkRead measures one read of a namespace holding 100,000 TIME_WAIT
 // sockets (NETTRACE_BENCH_TW overrides the count): every state, TIME_WAIT
@@ -107,7 +27,7 @@ func BenchmarkRead(b *testing.B) {
 		n = v
 	}
 	ns := testutil.NewNetns(b)
-	fillTimeWait(b, ns, n)
+	testutil.FillTimeWait(b, ns, n)
 	tab, err := New()
 	if err != nil {
 		b.Fatalf("%+v", err)
