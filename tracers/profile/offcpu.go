@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/nettrace/nettrace/internal/symbolize"
 	"github.com/nettrace/nettrace/tracers/sched"
@@ -28,24 +27,10 @@ func newOffCPU(opts Options) (_ *Tracer, err error) {
 		return nil, err
 	}
 	t := &Tracer{objs: objs, sym: symbolize.New(), filter: opts, offcpu: true}
-	defer func() {
-		if err != nil {
-			t.Close()
-		}
-	}()
-	_, _ = t.sym.KernelSymbols()
-	t.rd, err = ringbuf.NewReader(objs.Maps["new_pids"])
-	if err != nil {
-		return nil, fmt.Errorf("open new-process ring buffer: %w", err)
-	}
-	t.wg.Add(1)
-	go t.capture()
-	cpus, err := onlineCPUs()
-	if err != nil {
+	if _, err := t.begin(); err != nil {
+		t.Close()
 		return nil, err
 	}
-	t.cpus = len(cpus)
-	t.start = time.Now()
 	return t, nil
 }
 
@@ -112,15 +97,7 @@ func (t *Tracer) offCPUProfile() (*Profile, error) {
 		if s.Comm = names[key.Tgid]; s.Comm == "" {
 			s.Comm = s.Thread
 		}
-		var ustack, kstack []uint64
-		ustack, s.UserLost = readStack(key.Ustack)
-		kstack, s.KernelLost = readStack(key.Kstack)
-		if len(ustack) > 0 {
-			s.User = t.sym.User(s.PID, ustack)
-		}
-		if len(kstack) > 0 {
-			s.Kernel = t.sym.Kernel(kstack)
-		}
+		t.symbolizeStacks(&s, readStack, key.Ustack, key.Kstack)
 		p.Samples = append(p.Samples, s)
 	}
 	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {

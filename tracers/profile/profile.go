@@ -123,26 +123,38 @@ func New(opts Options) (_ *Tracer, err error) {
 			t.Close()
 		}
 	}()
-	// Read the kernel's symbols now: a restricted table is reported early.
+	cpus, err := t.begin()
+	if err != nil {
+		return nil, err
+	}
+	for _, cpu := range cpus {
+		if err := t.attachCPU(cpu); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// begin starts what the on- and off-CPU profilers share once their objects
+// are loaded: the kernel's symbols (a restricted table is reported early),
+// the reader of processes announced at their first sample, and the clock.
+// It returns the online CPUs.
+func (t *Tracer) begin() ([]int, error) {
 	_, _ = t.sym.KernelSymbols()
-	t.rd, err = ringbuf.NewReader(objs.Maps["new_pids"])
+	rd, err := ringbuf.NewReader(t.objs.Maps["new_pids"])
 	if err != nil {
 		return nil, fmt.Errorf("open new-process ring buffer: %w", err)
 	}
+	t.rd = rd
 	t.wg.Add(1)
 	go t.capture()
 	cpus, err := onlineCPUs()
 	if err != nil {
 		return nil, err
 	}
-	t.start = time.Now()
-	for _, cpu := range cpus {
-		if err := t.attachCPU(cpu); err != nil {
-			return nil, err
-		}
-	}
 	t.cpus = len(cpus)
-	return t, nil
+	t.start = time.Now()
+	return cpus, nil
 }
 
 // capture reads the mappings and symbols of each process at its first sample.
