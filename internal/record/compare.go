@@ -9,7 +9,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/nettrace/nettrace/flamegraph"
 	"github.com/nettrace/nettrace/internal/bundle"
 	"github.com/nettrace/nettrace/internal/output"
 )
@@ -250,38 +249,19 @@ func deltaCell(r CompareRow) string {
 	return s
 }
 
-// WriteDiffFlameGraph writes B's profile coloured by its change from A's
-// (A scaled to B's total first), when both records have profile.folded. It
+// WriteDiffFlameGraph writes the differential flame graph of two records
+// (bundle.WriteDiffFlameGraph) to path, when both have a profile. It
 // reports whether it wrote one.
 func WriteDiffFlameGraph(path string, a, b *bundle.Bundle) (bool, error) {
 	if !a.HasFile(bundle.ProfileFoldedFile) || !b.HasFile(bundle.ProfileFoldedFile) {
 		return false, nil
-	}
-	tree := flamegraph.NewTree()
-	for _, x := range []struct {
-		b   *bundle.Bundle
-		add flamegraph.AddFunc
-	}{{a, tree.AddBefore}, {b, tree.Add}} {
-		f, err := x.b.Open(bundle.ProfileFoldedFile)
-		if err != nil {
-			return false, err
-		}
-		err = flamegraph.ReadFolded(f, x.add)
-		f.Close()
-		if err != nil {
-			return false, fmt.Errorf("read %s: %w", x.b.Path(bundle.ProfileFoldedFile), err)
-		}
 	}
 	out, err := os.Create(path)
 	if err != nil {
 		return false, fmt.Errorf("create %s: %w", path, err)
 	}
 	bw := bufio.NewWriter(out)
-	err = tree.WriteSVG(bw, flamegraph.Options{
-		Title:    "Differential Flame Graph",
-		Subtitle: fmt.Sprintf("%s coloured by its change from %s (red grew, blue shrank; %s scaled to %s's total)", b.Name(), a.Name(), a.Name(), b.Name()),
-		Diff:     true, Normalize: true,
-	})
+	_, err = bundle.WriteDiffFlameGraph(bw, a, b)
 	if err == nil {
 		err = bw.Flush()
 	}

@@ -326,29 +326,15 @@ func flameViews(runs []*bundle.Bundle) ([]flameView, error) {
 		}
 		out = append(out, flameView{Title: runLetters[i] + " · " + b.Name(), Run: fmt.Sprint(i), Src: dataURI(svg)})
 	}
-	if len(runs) == 2 && runs[0].HasFile(bundle.ProfileFoldedFile) && runs[1].HasFile(bundle.ProfileFoldedFile) {
-		tree := flamegraph.NewTree()
-		for i, add := range []flamegraph.AddFunc{tree.AddBefore, tree.Add} {
-			f, err := runs[i].Open(bundle.ProfileFoldedFile)
-			if err != nil {
-				return nil, fmt.Errorf("open profile: %w", err)
-			}
-			err = flamegraph.ReadFolded(f, add)
-			f.Close()
-			if err != nil {
-				return nil, fmt.Errorf("read %s: %w", runs[i].Path(bundle.ProfileFoldedFile), err)
-			}
-		}
+	if len(runs) == 2 {
 		var buf bytes.Buffer
-		err := tree.WriteSVG(&buf, flamegraph.Options{
-			Diff: true, Normalize: true,
-			Title:    "Differential flame graph: " + runs[1].Name() + " vs " + runs[0].Name(),
-			Subtitle: "B's stacks coloured by the change from A (A scaled to B's total): red grew, blue shrank",
-		})
+		ok, err := bundle.WriteDiffFlameGraph(&buf, runs[0], runs[1])
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, flameView{Title: "Differential: B vs A", Run: "diff", Src: dataURI(buf.Bytes())})
+		if ok {
+			out = append(out, flameView{Title: "Differential: B vs A", Run: "diff", Src: dataURI(buf.Bytes())})
+		}
 	}
 	return out, nil
 }
