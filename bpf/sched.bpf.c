@@ -2,13 +2,16 @@
 /* Scheduler figures per task: voluntary and involuntary context switches,
  * run-queue delay (from wakeup or preemption to running again), off-CPU
  * and on-CPU time, all from sched_switch, sched_wakeup and
- * sched_wakeup_new, aggregated in one hash map keyed by thread id.
+ * sched_wakeup_new, aggregated per thread in an array indexed by thread id
+ * (slots), with a hash for the threads whose slot is taken.
  *
- * sched_switch is the hottest tracepoint there is: it does one hash lookup
- * for prev and one for next, no string copies (comm is copied once, when a
- * thread's entry is created) and no atomics: every field of a thread's
- * entry is written by that thread's own switches, which the scheduler
- * serializes, except ts_queued, which a waker sets while the thread sleeps.
+ * sched_switch is the hottest tracepoint there is: it does one inlined
+ * array lookup for prev and one for next, one per-CPU lookup, no string
+ * copies (comm is copied once, when a thread's entry is created) and no
+ * atomics but the compare-and-swap that claims a slot: every field of a
+ * thread's entry is written by that thread's own switches, which the
+ * scheduler serializes, except ts_queued, which a waker sets while the
+ * thread sleeps.
  *
  * The off-CPU accounting is shared with the profiler's off-CPU stacks
  * (nettrace profile --off-cpu): with offcpu_stacks set, offcpu_out records
@@ -43,15 +46,16 @@ const volatile bool filter_comm = false;
 const volatile char targ_comm[TASK_COMM_LEN] = {};
 
 struct task_stat {
-	__u64 ts_in;	 /* switched in at (0: not seen on CPU yet) */
+	__u64 tid;	 /* the thread (in slots: its owner; 0: free) */
 	__u64 ts_out;	 /* switched out at (0: on CPU, or not seen) */
 	__u64 ts_queued; /* became runnable at: wakeup or preemption (0: not queued) */
 	__u64 vol;	 /* voluntary switches (blocked) */
 	__u64 invol;	 /* involuntary switches (preempted) */
 	__u64 runq_ns;	 /* total run-queue delay */
-	__u64 runq_max_ns;
 	__u64 offcpu_ns; /* switch-out to switch-in, spans >= min_block_ns */
 	__u64 oncpu_ns;	 /* switch-in to switch-out */
+	/* Every switch touches the 64 bytes above; the rest less often. */
+	__u64 runq_max_ns;
 	__u32 tgid;
 	__s32 kstack;	 /* where it blocked, with offcpu_stacks: kernel stack id */
 	__s32 ustack;	 /* and user stack id (-1: none) */
@@ -60,12 +64,49 @@ struct task_stat {
 	struct hist runq; /* run-queue delays, log2 microseconds */
 };
 
+/* Each thread's figures live in slots[tid & slot_mask], a direct-mapped
+ * array the verifier inlines into a few instructions, claimed with one
+ * compare-and-swap of its tid the first time the thread is seen; a thread
+ * whose slot another live thread holds goes to the tasks hash instead. The
+ * hash lookups this saves are most of sched_switch's cost. User space reads
+ * the slots through a memory mapping and frees the slot of a thread that
+ * exited by zeroing its tid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 16384); /* a power of two, set from Go */
+	__type(key, __u32);
+	__type(value, struct task_stat);
+} slots SEC(".maps");
+
+const volatile __u32 slot_mask = 16383;
+
+/* Threads whose slot was taken. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384); /* set from Go */
+	__uint(max_entries, 4096); /* set from Go */
 	__type(key, __u32);
 	__type(value, struct task_stat);
 } tasks SEC(".maps");
+
+/* The task each CPU runs and since when: prev's time on CPU is the time
+ * since the CPU's previous switch. Taken from the CPU rather than from
+ * prev's own switch-in because the sched_switch stream does not always
+ * show one: on 6.18 a task can leave a CPU more often than it is seen
+ * entering one (measured with the plain tracepoint too), which lost whole
+ * spans of on-CPU time. User space credits the span under way from it. */
+struct cpu_run {
+	__u64 since; /* the CPU's last context switch (0: none seen yet) */
+	__u32 tid;   /* the task it switched to */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_run);
+} running SEC(".maps");
 
 /* Figures of the selection as a whole (switch counts, the --dist run-queue
  * histogram) are summed from the tasks' in user space: sched_switch touches
@@ -140,6 +181,7 @@ struct {
 /* Keep the types for bpf2go. */
 const struct offcpu_key *unused_offcpu_key __attribute__((unused));
 const struct offcpu_val *unused_offcpu_val __attribute__((unused));
+const struct cpu_run *unused_cpu_run __attribute__((unused));
 
 static const struct task_stat zero_stat = { .kstack = -1, .ustack = -1 };
 
@@ -182,15 +224,42 @@ static __always_inline bool wanted(__u32 pid, __u32 tgid, struct task_struct *t)
 	return true;
 }
 
+static __always_inline void init_stat(struct task_stat *s, __u32 tgid, struct task_struct *t)
+{
+	s->tgid = tgid;
+	s->kstack = -1;
+	s->ustack = -1;
+	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), &t->comm);
+}
+
 static __always_inline struct task_stat *get_stat(__u32 pid, __u32 tgid, struct task_struct *t)
 {
-	struct task_stat *s = bpf_map_lookup_elem(&tasks, &pid);
-	__u32 zero = 0;
+	__u32 idx = pid & slot_mask, zero = 0;
+	struct task_stat *s = bpf_map_lookup_elem(&slots, &idx);
+	bool free = false;
 	__u64 *d;
 	long err;
 
+	if (s) {
+		if (s->tid == pid)
+			return s;
+		free = s->tid == 0;
+	}
+	/* Not in its slot: in the hash, or seen for the first time. */
+	s = bpf_map_lookup_elem(&tasks, &pid);
 	if (s)
 		return s;
+	if (free) {
+		s = bpf_map_lookup_elem(&slots, &idx);
+		if (s && __sync_val_compare_and_swap(&s->tid, 0, (__u64)pid) == 0) {
+			/* The new owner zeroes the slot: user space frees it by
+			 * clearing tid alone, so no store of user space's can
+			 * land on the new owner's figures. */
+			__builtin_memset((void *)s + sizeof(s->tid), 0, sizeof(*s) - sizeof(s->tid));
+			init_stat(s, tgid, t);
+			return s;
+		}
+	}
 	err = bpf_map_update_elem(&tasks, &pid, &zero_stat, BPF_NOEXIST);
 	if (err && err != -17 /* EEXIST: another CPU was first */) {
 		d = bpf_map_lookup_elem(&dropped, &zero);
@@ -199,9 +268,9 @@ static __always_inline struct task_stat *get_stat(__u32 pid, __u32 tgid, struct 
 		return NULL;
 	}
 	s = bpf_map_lookup_elem(&tasks, &pid);
-	if (s) {
-		s->tgid = tgid;
-		bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), &t->comm);
+	if (s && !err) {
+		s->tid = pid;
+		init_stat(s, tgid, t);
 	}
 	return s;
 }
@@ -291,9 +360,17 @@ static __always_inline void on_switch(void *ctx, bool preempt, unsigned int prev
 				      struct task_struct *next, __u32 next_pid, __u32 next_tgid)
 {
 	struct task_stat *s;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns(), since = 0;
+	struct cpu_run *c;
+	__u32 zero = 0;
 	bool invol;
 
+	c = bpf_map_lookup_elem(&running, &zero);
+	if (c) {
+		since = c->since;
+		c->since = now;
+		c->tid = next_pid;
+	}
 	if (wanted(prev_pid, prev_tgid, prev)) {
 		s = get_stat(prev_pid, prev_tgid, prev);
 		if (s) {
@@ -305,10 +382,12 @@ static __always_inline void on_switch(void *ctx, bool preempt, unsigned int prev
 				s->ts_queued = now;
 			} else {
 				s->vol++;
+				/* Blocked: not queued, whatever switch-in was
+				 * not seen. */
+				s->ts_queued = 0;
 			}
-			if (s->ts_in)
-				s->oncpu_ns += now - s->ts_in;
-			s->ts_in = 0;
+			if (since)
+				s->oncpu_ns += now - since;
 			offcpu_out(ctx, s, now);
 		}
 	}
@@ -333,7 +412,6 @@ static __always_inline void on_switch(void *ctx, bool preempt, unsigned int prev
 		if (d >= min_block_ns)
 			offcpu_in(s, next_pid, d);
 	}
-	s->ts_in = now;
 }
 
 static __always_inline void on_wakeup(struct task_struct *p, __u32 pid, __u32 tgid)

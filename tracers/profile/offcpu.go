@@ -75,23 +75,19 @@ func (t *Tracer) offCPUProfile() (*Profile, error) {
 	}
 	// Names of threads and processes, from the sched tracer's task map.
 	names := map[uint32]string{}
-	var (
-		tid uint32
-		ts  sched.TaskStat
-	)
-	it := t.objs.Maps["tasks"].Iterate()
-	for it.Next(&tid, &ts) {
-		names[tid] = ts.CommString()
+	tasks, err := sched.ReadTasks(t.objs)
+	if err != nil {
+		return nil, err
 	}
-	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
-		return nil, fmt.Errorf("read tasks: %w", err)
+	for tid, ts := range tasks {
+		names[tid] = ts.CommString()
 	}
 	readStack := stackReader(t.objs.Maps["offcpu_stackmap"])
 	var (
 		key sched.OffCPUKey
 		val sched.OffCPUValue
 	)
-	it = t.objs.Maps["offcpu"].Iterate()
+	it := t.objs.Maps["offcpu"].Iterate()
 	for it.Next(&key, &val) {
 		s := Sample{PID: int(key.Tgid), TID: int(key.Pid), CPU: -1, Thread: names[key.Pid], Count: val.Count, Nanos: val.Ns}
 		if s.Comm = names[key.Tgid]; s.Comm == "" {

@@ -61,19 +61,21 @@ type Options struct {
 
 // TaskStat is one thread's cumulative figures, laid out as struct task_stat.
 type TaskStat struct {
-	TsIn, TsOut, TsQueued uint64 // kernel timestamps
-	Voluntary             uint64
-	Involuntary           uint64
-	RunqNS                uint64
-	RunqMaxNS             uint64
-	OffCPUNS              uint64
-	OnCPUNS               uint64
-	TGID                  uint32
-	KernelStack           int32 // with off-CPU stacks: where it last blocked
-	UserStack             int32
-	Pad                   uint32
-	Comm                  [16]byte
-	Runq                  hist.Log2 // microseconds
+	TID         uint64 // the thread (in the slots map: 0 = free slot)
+	TsOut       uint64 // kernel timestamps
+	TsQueued    uint64
+	Voluntary   uint64
+	Involuntary uint64
+	RunqNS      uint64
+	OffCPUNS    uint64
+	OnCPUNS     uint64
+	RunqMaxNS   uint64
+	TGID        uint32
+	KernelStack int32 // with off-CPU stacks: where it last blocked
+	UserStack   int32
+	Pad         uint32
+	Comm        [16]byte
+	Runq        hist.Log2 // microseconds
 }
 
 // CommString returns the thread's name.
@@ -127,9 +129,17 @@ func prepare(opts Options) (*ebpf.CollectionSpec, map[string]any, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("load sched spec: %w", err)
 	}
-	spec.Maps["tasks"].MaxEntries = uint32(opts.MaxTasks)
+	// Threads live in a direct-mapped array of slots (tid & mask); those
+	// whose slot another live thread holds overflow into the tasks hash.
+	slots := 1
+	for slots < opts.MaxTasks {
+		slots <<= 1
+	}
+	spec.Maps["slots"].MaxEntries = uint32(slots)
+	spec.Maps["tasks"].MaxEntries = uint32(max(1024, opts.MaxTasks/4))
 	spec.Maps["new_pids"].MaxEntries = uint32(os.Getpagesize())
 	consts := map[string]any{
+		"slot_mask":    uint32(slots - 1),
 		"targ_tgid":    uint32(opts.PID),
 		"min_block_ns": uint64(opts.MinBlock.Nanoseconds()),
 	}
@@ -177,6 +187,10 @@ type (
 	OffCPUKey   = schedOffcpuKey
 	OffCPUValue = schedOffcpuVal
 )
+
+// CPURun is a CPU's entry in the "running" map: the thread it switched to
+// at its last context switch, and when (0: no switch seen yet).
+type CPURun = schedCpuRun
 
 // LoadOffCPU loads the scheduler programs with off-CPU stack capture
 // (offcpu_stacks) and attaches them: the same sched_switch program as New.
@@ -245,33 +259,33 @@ func (t *Tracer) Close() error { return t.objs.Close() }
 
 // Snapshot reads the cumulative figures.
 func (t *Tracer) Snapshot() (*Snapshot, error) {
-	s := &Snapshot{Time: time.Now(), Tasks: map[uint32]TaskStat{}}
-	var (
-		key uint32
-		val TaskStat
-	)
-	it := t.objs.Maps["tasks"].Iterate()
-	for it.Next(&key, &val) {
-		s.Tasks[key] = val
+	tasks, err := ReadTasks(t.objs)
+	if err != nil {
+		return nil, err
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read tasks: %w", err)
-	}
+	s := &Snapshot{Time: time.Now(), Tasks: tasks}
 	// The programs add a span when it ends: a thread on a CPU of its own
 	// may run for seconds between two switches. Credit the spans under way
 	// up to now (the clock of bpf_ktime_get_ns), as schedstat does; the
 	// next snapshot's completed span then adds only the rest.
+	var running []CPURun
+	if err := t.objs.Maps["running"].Lookup(uint32(0), &running); err != nil {
+		return nil, fmt.Errorf("read sched running: %w", err)
+	}
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err == nil {
 		mono := uint64(ts.Nano())
-		for tid, v := range s.Tasks {
-			if v.TsIn != 0 && mono > v.TsIn {
-				v.OnCPUNS += mono - v.TsIn
+		for _, r := range running {
+			if v, ok := s.Tasks[r.Tid]; ok && r.Since != 0 && mono > r.Since {
+				v.OnCPUNS += mono - r.Since
+				s.Tasks[r.Tid] = v
 			}
+		}
+		for tid, v := range s.Tasks {
 			if v.TsQueued != 0 && mono > v.TsQueued {
 				v.RunqNS += mono - v.TsQueued
+				s.Tasks[tid] = v
 			}
-			s.Tasks[tid] = v
 		}
 	}
 	var drops []uint64
@@ -456,18 +470,19 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 	return f, nil
 }
 
-// forgetExited deletes the entries of threads that did nothing in the
-// interval and no longer exist, so the bounded map does not fill with the
-// dead.
+// forgetExited frees the slots and entries of threads that did nothing in
+// the interval and no longer exist, so the bounded maps do not fill with
+// the dead.
 func (t *Tracer) forgetExited(prev, cur *Snapshot) {
-	m := t.objs.Maps["tasks"]
 	for tid, c := range cur.Tasks {
 		p, ok := prev.Tasks[tid]
 		if !ok || p.Voluntary != c.Voluntary || p.Involuntary != c.Involuntary || p.OnCPUNS != c.OnCPUNS {
 			continue
 		}
 		if _, err := os.Stat("/proc/" + strconv.Itoa(int(tid))); errors.Is(err, os.ErrNotExist) {
-			_ = m.Delete(tid)
+			if err := forget(t.objs, tid); err != nil {
+				continue
+			}
 			delete(cur.Tasks, tid)
 		}
 	}

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type schedCpuRun struct {
+	_     structs.HostLayout
+	Since uint64
+	Tid   uint32
+	Pad   uint32
+}
+
 type schedOffcpuKey struct {
 	_      structs.HostLayout
 	Tgid   uint32
@@ -29,15 +36,15 @@ type schedOffcpuVal struct {
 
 type schedTaskStat struct {
 	_         structs.HostLayout
-	TsIn      uint64
+	Tid       uint64
 	TsOut     uint64
 	TsQueued  uint64
 	Vol       uint64
 	Invol     uint64
 	RunqNs    uint64
-	RunqMaxNs uint64
 	OffcpuNs  uint64
 	OncpuNs   uint64
+	RunqMaxNs uint64
 	Tgid      uint32
 	Kstack    int32
 	Ustack    int32
@@ -58,7 +65,9 @@ const (
 	schedMapOffcpu             = "offcpu"
 	schedMapOffcpuLost         = "offcpu_lost"
 	schedMapOffcpuStackmap     = "offcpu_stackmap"
+	schedMapRunning            = "running"
 	schedMapSeen               = "seen"
+	schedMapSlots              = "slots"
 	schedMapTasks              = "tasks"
 	schedProgSchedExecBtf      = "sched_exec_btf"
 	schedProgSchedExecRaw      = "sched_exec_raw"
@@ -71,10 +80,12 @@ const (
 	schedVarFilterComm         = "filter_comm"
 	schedVarMinBlockNs         = "min_block_ns"
 	schedVarOffcpuStacks       = "offcpu_stacks"
+	schedVarSlotMask           = "slot_mask"
 	schedVarTargCgid           = "targ_cgid"
 	schedVarTargCglevel        = "targ_cglevel"
 	schedVarTargComm           = "targ_comm"
 	schedVarTargTgid           = "targ_tgid"
+	schedVarUnusedCpuRun       = "unused_cpu_run"
 	schedVarUnusedOffcpuKey    = "unused_offcpu_key"
 	schedVarUnusedOffcpuVal    = "unused_offcpu_val"
 )
@@ -140,7 +151,9 @@ type schedMapSpecs struct {
 	Offcpu         *ebpf.MapSpec `ebpf:"offcpu"`
 	OffcpuLost     *ebpf.MapSpec `ebpf:"offcpu_lost"`
 	OffcpuStackmap *ebpf.MapSpec `ebpf:"offcpu_stackmap"`
+	Running        *ebpf.MapSpec `ebpf:"running"`
 	Seen           *ebpf.MapSpec `ebpf:"seen"`
+	Slots          *ebpf.MapSpec `ebpf:"slots"`
 	Tasks          *ebpf.MapSpec `ebpf:"tasks"`
 }
 
@@ -151,10 +164,12 @@ type schedVariableSpecs struct {
 	FilterComm      *ebpf.VariableSpec `ebpf:"filter_comm"`
 	MinBlockNs      *ebpf.VariableSpec `ebpf:"min_block_ns"`
 	OffcpuStacks    *ebpf.VariableSpec `ebpf:"offcpu_stacks"`
+	SlotMask        *ebpf.VariableSpec `ebpf:"slot_mask"`
 	TargCgid        *ebpf.VariableSpec `ebpf:"targ_cgid"`
 	TargCglevel     *ebpf.VariableSpec `ebpf:"targ_cglevel"`
 	TargComm        *ebpf.VariableSpec `ebpf:"targ_comm"`
 	TargTgid        *ebpf.VariableSpec `ebpf:"targ_tgid"`
+	UnusedCpuRun    *ebpf.VariableSpec `ebpf:"unused_cpu_run"`
 	UnusedOffcpuKey *ebpf.VariableSpec `ebpf:"unused_offcpu_key"`
 	UnusedOffcpuVal *ebpf.VariableSpec `ebpf:"unused_offcpu_val"`
 }
@@ -184,7 +199,9 @@ type schedMaps struct {
 	Offcpu         *ebpf.Map `ebpf:"offcpu"`
 	OffcpuLost     *ebpf.Map `ebpf:"offcpu_lost"`
 	OffcpuStackmap *ebpf.Map `ebpf:"offcpu_stackmap"`
+	Running        *ebpf.Map `ebpf:"running"`
 	Seen           *ebpf.Map `ebpf:"seen"`
+	Slots          *ebpf.Map `ebpf:"slots"`
 	Tasks          *ebpf.Map `ebpf:"tasks"`
 }
 
@@ -195,7 +212,9 @@ func (m *schedMaps) Close() error {
 		m.Offcpu,
 		m.OffcpuLost,
 		m.OffcpuStackmap,
+		m.Running,
 		m.Seen,
+		m.Slots,
 		m.Tasks,
 	)
 }
@@ -207,10 +226,12 @@ type schedVariables struct {
 	FilterComm      *ebpf.Variable `ebpf:"filter_comm"`
 	MinBlockNs      *ebpf.Variable `ebpf:"min_block_ns"`
 	OffcpuStacks    *ebpf.Variable `ebpf:"offcpu_stacks"`
+	SlotMask        *ebpf.Variable `ebpf:"slot_mask"`
 	TargCgid        *ebpf.Variable `ebpf:"targ_cgid"`
 	TargCglevel     *ebpf.Variable `ebpf:"targ_cglevel"`
 	TargComm        *ebpf.Variable `ebpf:"targ_comm"`
 	TargTgid        *ebpf.Variable `ebpf:"targ_tgid"`
+	UnusedCpuRun    *ebpf.Variable `ebpf:"unused_cpu_run"`
 	UnusedOffcpuKey *ebpf.Variable `ebpf:"unused_offcpu_key"`
 	UnusedOffcpuVal *ebpf.Variable `ebpf:"unused_offcpu_val"`
 }

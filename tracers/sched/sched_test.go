@@ -341,3 +341,66 @@ func TestCgroupID(t *testing.T) {
 		t.Error("a missing cgroup resolved")
 	}
 }
+
+// TestSlotsShared runs the ping-pong with one slot for every thread, so
+// all but one of the helper's threads live in the tasks hash: the counts
+// stay exact. When the helper is gone, two intervals free the slot and
+// empty the hash.
+func TestSlotsShared(t *testing.T) {
+	testutil.RequireBPF(t)
+	c := startHelper(t, "pingpong 5000")
+	tr, err := New(Options{PID: c.pid, MaxTasks: 1})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	defer tr.Close()
+	if n := tr.objs.Maps["slots"].MaxEntries(); n != 1 {
+		t.Fatalf("%d slots for MaxTasks 1", n)
+	}
+	s1, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := [2]procTask{c.proc(c.tids[0]), c.proc(c.tids[1])}
+	c.run()
+	s2, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2 := [2]procTask{c.proc(c.tids[0]), c.proc(c.tids[1])}
+	for i, tid := range c.tids {
+		a, b := s1.Tasks[uint32(tid)], s2.Tasks[uint32(tid)]
+		vol, pvol := b.Voluntary-a.Voluntary, p2[i].vol-p1[i].vol
+		if pvol < 2500 || !near(vol, pvol, 0.01, 1) {
+			t.Errorf("thread %d: BPF %d voluntary switches, /proc %d", i, vol, pvol)
+		}
+		if b.CommString() == "" || b.TGID != uint32(c.pid) || b.TID != uint64(tid) {
+			t.Errorf("thread %d: entry %d/%d %q, want %d/%d", i, b.TGID, b.TID, b.CommString(), c.pid, tid)
+		}
+	}
+	var inHash int
+	var tid uint32
+	var val TaskStat
+	for it := tr.objs.Maps["tasks"].Iterate(); it.Next(&tid, &val); {
+		inHash++
+	}
+	if inHash == 0 {
+		t.Fatal("no thread in the tasks hash with one slot")
+	}
+
+	c.stdin.Close()
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
+	for range 2 { // a thread is forgotten after an interval with no change
+		if _, err := tr.Frame(time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left, err := ReadTasks(tr.objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Errorf("%d threads left after the helper exited (%d were in the hash)", len(left), inHash)
+	}
+}
