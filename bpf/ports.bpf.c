@@ -17,9 +17,15 @@
  * Tracepoint tier cost: sys_enter_connect only notes the call in task
  * storage (no user memory, no fd walk); the attempt opens at CLOSE ->
  * SYN_SENT in the connecting thread, where the socket already holds the
- * destination; sys_exit_connect takes the result. Only a connect that fails
- * before SYN_SENT (ENETUNREACH, EACCES, ...) resolves its fd and reads the
- * user sockaddr, at sys_exit. */
+ * destination, and lives in that thread's storage, not in `inflight`;
+ * sys_exit_connect takes the result. An attempt that leaves SYN_SENT in
+ * the connecting thread (loopback and veth, blocking or not: the SYN-ACK is
+ * processed before connect returns) or whose call returns its outcome
+ * (blocking) never touches a hash map. Only an attempt still in SYN_SENT
+ * when a non-blocking connect returns EINPROGRESS moves to `inflight`,
+ * where the state change finds it. Only a connect that fails before
+ * SYN_SENT (ENETUNREACH, EACCES, ...) resolves its fd and reads the user
+ * sockaddr, at sys_exit. */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
 #include "bpf_tracing.h"
@@ -110,6 +116,7 @@ struct sysc {
 	__u64 start; /* call entry (--events only, else 0) */
 	__s32 fd;
 	__u32 flags; /* SC_* */
+	struct conn conn; /* the attempt, while sk is set */
 };
 
 /* One connect for --events. */
@@ -366,23 +373,12 @@ static __always_inline void emit(const struct conn *e, const struct sock *sk, in
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* finish counts a connect call that returned ret, in the caller's context. */
-static __always_inline int finish(__u64 skp, long ret)
+/* account counts the attempt e of a connect call that returned with err
+ * (positive), in the caller's context. */
+static __always_inline void account(struct conn *e, int err)
 {
-	const struct sock *sk = (const struct sock *)skp;
 	struct dest_stats *s;
-	struct conn *e;
-	int err = ret < 0 ? -ret : 0;
-	__u32 old;
 
-	e = bpf_map_lookup_elem(&inflight, &skp);
-	if (!e)
-		return 0;
-	if (err == EALREADY || err == EISCONN) {
-		/* Not a new attempt. */
-		bpf_map_delete_elem(&inflight, &skp);
-		return 0;
-	}
 	if (e->ts && !e->lat)
 		e->lat = bpf_ktime_get_ns() - e->ts;
 	s = dest_get(e);
@@ -400,6 +396,26 @@ static __always_inline int finish(__u64 skp, long ret)
 	}
 	if (err && err != EINPROGRESS && !(e->flags & F_ERR_COUNTED))
 		count_errno(s, err);
+}
+
+/* finish counts a connect call that returned ret, in the caller's context,
+ * for an attempt in `inflight`. */
+static __always_inline int finish(__u64 skp, long ret)
+{
+	const struct sock *sk = (const struct sock *)skp;
+	struct conn *e;
+	int err = ret < 0 ? -ret : 0;
+	__u32 old;
+
+	e = bpf_map_lookup_elem(&inflight, &skp);
+	if (!e)
+		return 0;
+	if (err == EALREADY || err == EISCONN) {
+		/* Not a new attempt. */
+		bpf_map_delete_elem(&inflight, &skp);
+		return 0;
+	}
+	account(e, err);
 	if (err == 0 || err == EINPROGRESS) {
 		/* Exactly one of this and the state change sees the other's
 		 * flag; F_DONE, once set, is final (no atomic needed then). */
@@ -424,7 +440,7 @@ static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
 	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
 	__u64 skp = (__u64)sk;
 	struct net *net;
-	struct conn n = {};
+	struct conn *n;
 	__u32 inum;
 	__u16 num;
 	__u8 locks;
@@ -437,13 +453,15 @@ static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
 		if (inum != targ_netns)
 			return true;
 	}
-	RD(btf, n.dest.family, sk->__sk_common.skc_family);
-	RD(btf, n.dest.dport, sk->__sk_common.skc_dport);
-	n.dest.dport = bpf_ntohs(n.dest.dport);
-	if (n.dest.family == AF_INET)
-		RD(btf, n.dest.daddr.v4, sk->__sk_common.skc_daddr);
-	else if (n.dest.family == AF_INET6)
-		bpf_core_read(n.dest.daddr.v6, 16, &sk->__sk_common.skc_v6_daddr);
+	n = &c->conn;
+	__builtin_memset(n, 0, sizeof(*n));
+	RD(btf, n->dest.family, sk->__sk_common.skc_family);
+	RD(btf, n->dest.dport, sk->__sk_common.skc_dport);
+	n->dest.dport = bpf_ntohs(n->dest.dport);
+	if (n->dest.family == AF_INET)
+		RD(btf, n->dest.daddr.v4, sk->__sk_common.skc_daddr);
+	else if (n->dest.family == AF_INET6)
+		bpf_core_read(n->dest.daddr.v6, 16, &sk->__sk_common.skc_v6_daddr);
 	else
 		return true;
 	/* A port already, without SOCK_BINDPORT_LOCK: bind() to port 0. */
@@ -454,20 +472,28 @@ static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
 		else
 			locks = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks);
 		if (!(locks & SOCK_BINDPORT_LOCK))
-			n.flags = F_BOUND0;
+			n->flags = F_BOUND0;
 	}
-	n.tgid = bpf_get_current_pid_tgid() >> 32;
-	n.start = c->start;
-	n.ts = bpf_ktime_get_ns();
-	n.born = n.ts;
+	n->tgid = bpf_get_current_pid_tgid() >> 32;
+	n->start = c->start;
+	n->ts = bpf_ktime_get_ns();
+	n->born = n->ts;
 	if (events_on)
-		bpf_get_current_comm(n.comm, sizeof(n.comm));
-	if (bpf_map_update_elem(&inflight, &skp, &n, BPF_ANY)) {
-		drop(DROP_INFLIGHT);
-		return true;
-	}
+		bpf_get_current_comm(n->comm, sizeof(n->comm));
 	c->sk = skp;
 	return true;
+}
+
+/* in_call_conn returns the attempt on sk that the current thread's connect
+ * call holds in its storage (tracepoint tier): sk left SYN_SENT in the
+ * connecting thread, before connect returned. NULL otherwise. */
+static __always_inline struct conn *in_call_conn(__u64 skp)
+{
+	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
+
+	if (!c || c->sk != skp || !c->flags)
+		return NULL;
+	return &c->conn;
 }
 
 /* on_state follows a connecting socket's state changes. btf: sk is a BTF
@@ -490,6 +516,23 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	}
 	if (oldstate != TCP_SYN_SENT)
 		return 0;
+	e = in_call_conn(skp);
+	if (e) {
+		/* In the connecting thread, inside its call: only this thread
+		 * touches its storage, and sys_exit counts and reports. */
+		if (e->ts && !e->lat)
+			e->lat = bpf_ktime_get_ns() - e->ts;
+		if (newstate == TCP_CLOSE) {
+			err = BPF_CORE_READ(sk, sk_err);
+			if (err) {
+				count_errno(dest_get(e), err);
+				e->outcome = err;
+				e->flags |= F_ERR_COUNTED;
+			}
+		}
+		e->flags |= F_DONE;
+		return 0;
+	}
 	e = bpf_map_lookup_elem(&inflight, &skp);
 	if (!e)
 		return 0;
@@ -778,6 +821,56 @@ static __always_inline int sys_failed(const struct sysc *c, long ret)
 	return finish(skp, ret);
 }
 
+/* sys_finish counts the attempt the connect call holds in its storage
+ * (c->sk set: it reached SYN_SENT) as the call returns ret. */
+static __always_inline int sys_finish(struct sysc *c, long ret)
+{
+	const struct sock *sk = (const struct sock *)c->sk;
+	struct conn *e = &c->conn, *m;
+	__u64 skp = c->sk;
+	int err = ret < 0 ? -ret : 0;
+	__u32 old;
+	__u8 state;
+
+	c->sk = 0;
+	if (err == EALREADY || err == EISCONN)
+		return 0; /* not a new attempt */
+	account(e, err);
+	if (err != EINPROGRESS || (e->flags & F_DONE)) {
+		/* The outcome is known: the call's error, or the state change
+		 * seen in this thread (EINPROGRESS on loopback), or success. */
+		if (err == EINPROGRESS || err == 0)
+			err = e->outcome;
+		emit(e, sk, err);
+		return 0;
+	}
+	/* Non-blocking and still connecting: the answer comes later, maybe on
+	 * another CPU, where on_state finds the attempt in inflight. */
+	e->flags |= F_RETURNED;
+	if (bpf_map_update_elem(&inflight, &skp, e, BPF_ANY)) {
+		drop(DROP_INFLIGHT);
+		return 0;
+	}
+	/* The answer may have come on another CPU before the attempt was in
+	 * inflight. sk_err is set before the state changes, and the state
+	 * before it is seen here: whoever sets F_DONE first reports it. */
+	err = BPF_CORE_READ(sk, sk_err);
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (!err && state == TCP_SYN_SENT)
+		return 0;
+	m = bpf_map_lookup_elem(&inflight, &skp);
+	if (!m)
+		return 0;
+	old = __sync_fetch_and_or(&m->flags, F_DONE | (err ? F_ERR_COUNTED : 0));
+	if (old & F_DONE)
+		return 0;
+	if (err)
+		count_errno(dest_get(m), err);
+	emit(m, sk, err);
+	bpf_map_delete_elem(&inflight, &skp);
+	return 0;
+}
+
 static __always_inline int sys_end(long ret)
 {
 	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
@@ -792,7 +885,7 @@ static __always_inline int sys_end(long ret)
 	}
 	c->flags = 0;
 	if (c->sk)
-		return finish(c->sk, ret);
+		return sys_finish(c, ret);
 	switch (err) {
 	case 0:           /* not TCP, or connect() again on a connected socket */
 	case EINPROGRESS: /* the same, non-blocking */

@@ -107,6 +107,7 @@ type portsSysc struct {
 	Start uint64
 	Fd    int32
 	Flags uint32
+	Conn  portsConn
 }
 
 // Names of all BPF objects in the ELF.
