@@ -2,6 +2,7 @@ package ports
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/nettrace/nettrace/internal/attach"
 	"github.com/nettrace/nettrace/internal/kernel"
 	"github.com/nettrace/nettrace/internal/output"
+	"github.com/nettrace/nettrace/internal/settings"
 	"github.com/nettrace/nettrace/internal/socktable"
 	"github.com/nettrace/nettrace/internal/testutil"
 )
@@ -242,12 +244,38 @@ func procPorts(t *testing.T, ns *testutil.Netns, dest netip.AddrPort) int {
 	return len(ports)
 }
 
-// exhaust is the seed case: a 51-port range, a local server, 200 short
-// connections closed client-first.
+// exhaust runs the seed case, once more in a fresh namespace when the
+// kernel itself did not keep the ports (see tryExhaust).
 func exhaust(t *testing.T, tier attach.Tier, twReuse string) (clientResult, *Row, output.Frame) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		res, r, f, why := tryExhaust(t, tier, twReuse)
+		if why == "" {
+			return res, r, f
+		}
+		if attempt == 2 {
+			t.Fatal(why)
+		}
+		t.Logf("attempt %d: %s; once more in a fresh namespace", attempt, why)
+	}
+}
+
+// tryExhaust is the seed case: a 51-port range, a local server, 200 short
+// connections closed client-first. With tcp_rfc1337=0 (the default) the
+// kernel killed some of the client's TIME_WAIT sockets in one run of four
+// to thirty: a client ACK reached the server after the server's socket was
+// gone, the listener answered it with a reset (tcp_send_reset from a LISTEN
+// socket, counted in Tcp OutRsts), and a TIME_WAIT socket that gets a
+// reset dies. The namespace now sets tcp_rfc1337=1; should the range still
+// not be held, tryExhaust says so (why) after checking that nettrace shows
+// what /proc/net/tcp holds.
+func tryExhaust(t *testing.T, tier attach.Tier, twReuse string) (clientResult, *Row, output.Frame, string) {
 	ns := testutil.NewNetns(t)
 	ns.SetSysctl(t, "net.ipv4.ip_local_port_range", "20000 20050")
 	ns.SetSysctl(t, "net.ipv4.tcp_tw_reuse", twReuse)
+	// TIME_WAIT sockets ignore resets (RFC 1337), so the listener's reset
+	// to a late ACK does not free a port the scenario means to hold.
+	ns.SetSysctl(t, "net.ipv4.tcp_rfc1337", "1")
 	dest := netip.MustParseAddrPort("127.0.0.1:8080")
 	srv := serve(t, ns, dest.String())
 	tr := newTracer(t, ns, tier)
@@ -273,6 +301,14 @@ func exhaust(t *testing.T, tier attach.Tier, twReuse string) (clientResult, *Row
 	}
 	r := findRow(t, f, dest.String())
 	t.Logf("tw_reuse=%s client: %d ok, %d EADDRNOTAVAIL, %d other; nettrace: %+v", twReuse, res.ok, res.addrNotAvail, res.other, *r)
+	if held := procPorts(t, ns, dest); held < 50 {
+		if r.PortsInUse != held {
+			t.Errorf("ports in use %d, /proc/net/tcp shows %d", r.PortsInUse, held)
+		}
+		if rsts := outRsts(t, ns); rsts > 0 {
+			return res, r, f, fmt.Sprintf("the kernel holds %d of the 51 ports after %d resets (Tcp OutRsts) killed TIME_WAIT sockets", held, rsts)
+		}
+	}
 	t.Logf("header: %v", f.Header)
 	for _, w := range f.Warnings {
 		t.Logf("warning %s: %s (fix: %s)", w.Code, w.Message, w.Fix)
@@ -301,7 +337,20 @@ func exhaust(t *testing.T, tier attach.Tier, twReuse string) (clientResult, *Row
 	if w := hasWarning(f, WarnRangeUsed); w == nil || !strings.Contains(w.Fix, "ip_local_port_range") {
 		t.Errorf("no exhaustion warning with its fix: %+v", f.Warnings)
 	}
-	return res, r, f
+	return res, r, f, ""
+}
+
+// outRsts returns the namespace's Tcp OutRsts (/proc/net/snmp).
+func outRsts(t *testing.T, ns *testutil.Netns) uint64 {
+	t.Helper()
+	var m map[string]map[string]uint64
+	if err := ns.Do(func() (err error) {
+		m, err = settings.ReadNetstat("/proc/thread-self/net/snmp")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return m["Tcp"]["OutRsts"]
 }
 
 // Done when: exact EADDRNOTAVAIL count, 51 of 51 ports, TIME_WAIT as
