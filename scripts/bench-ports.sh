@@ -8,4 +8,4 @@
 #        NETTRACE_BENCH_PHASE=5s scripts/bench-ports.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETTRACE_BENCH=1 go test -count=1 -run '^(TestOverhead|TestSocktableCost)$' ./tracers/ports -v | grep -E '^(ports overhead|connects/s|throughput|program|BPF time|socket table)'
+NETTRACE_BENCH=1 go test -count=1 -run '^(TestOverhead|TestDispatchCost|TestSocktableCost)$' ./tracers/ports -v | grep -E '^(ports overhead|connects/s|throughput|program|BPF time|CPU per connect|dispatch|socket table)'

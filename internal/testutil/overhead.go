@@ -6,6 +6,8 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +29,14 @@ type Overhead struct {
 
 	Off, On []float64            // connects/s of each phase
 	Progs   map[string][2]uint64 // program name -> run time ns, runs
+
+	Rounds int // pairs of phases ($NETTRACE_BENCH_ROUNDS, 3)
+
+	// CPU time per connect of each phase without and with the tracer, in
+	// µs: the machine's busy time (user, system, irq, softirq in
+	// /proc/stat: every process, not only the load) over the phase's
+	// connects.
+	CPUOff, CPUOn []float64
 }
 
 // NewOverhead skips unless NETTRACE_BENCH=1, checks for BPF, makes the
@@ -39,7 +49,14 @@ func NewOverhead(t *testing.T, dst string) *Overhead {
 	}
 	RequireBPF(t)
 	o := &Overhead{NS: NewNetns(t), Dst: netip.MustParseAddrPort(dst), Workers: 2, Phase: 3 * time.Second,
-		Progs: map[string][2]uint64{}}
+		Rounds: 3, Progs: map[string][2]uint64{}}
+	if s := os.Getenv("NETTRACE_BENCH_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("NETTRACE_BENCH_ROUNDS=%q: want a positive number", s)
+		}
+		o.Rounds = n
+	}
 	if s := os.Getenv("NETTRACE_BENCH_PHASE"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -57,6 +74,74 @@ func NewOverhead(t *testing.T, dst string) *Overhead {
 	t.Cleanup(func() { stats.Close() })
 	o.Load(o.Phase / 3)
 	return o
+}
+
+// Measure runs one phase of o.Phase without (on false) or with the tracer,
+// records its connects/s and CPU time per connect, and returns its
+// connects/s.
+func (o *Overhead) Measure(on bool) float64 {
+	b0 := busyCPU()
+	start := time.Now()
+	r := o.Load(o.Phase)
+	n := r * time.Since(start).Seconds()
+	var cpu float64
+	if n > 0 {
+		cpu = float64((busyCPU() - b0).Nanoseconds()) / n / 1e3
+	}
+	if on {
+		o.On, o.CPUOn = append(o.On, r), append(o.CPUOn, cpu)
+	} else {
+		o.Off, o.CPUOff = append(o.Off, r), append(o.CPUOff, cpu)
+	}
+	return r
+}
+
+// busyCPU sums the user, nice, system, irq and softirq time of every CPU in
+// /proc/stat (USER_HZ 100); 0 when it cannot be read.
+func busyCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var ticks uint64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		if i < len(f) {
+			v, _ := strconv.ParseUint(f[i], 10, 64)
+			ticks += v
+		}
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// CPUCost compares the CPU time per connect with and without the tracer
+// (medians of the phases): on this shared VM the vCPUs are not always
+// busy, so connects/s varies by ±20% from phase to phase while the CPU a
+// connect costs varies by a few percent. bpfNS is the programs' own run
+// time per connect (bpf_stats); the rest of the difference is the
+// tracepoints' dispatch, the system-call slow path that syscall
+// tracepoints turn on for every task, and cache effects.
+func (o *Overhead) CPUCost(bpfNS float64) string {
+	off, on := Median(o.CPUOff), Median(o.CPUOn)
+	if off == 0 {
+		return "CPU per connect: not measured"
+	}
+	return fmt.Sprintf("CPU per connect (/proc/stat, every process; median of %d phases each): %.1f µs without, %.1f µs with: +%.1f µs (+%.1f%%), of which the programs' run time %.2f µs (phases without %.1f, with %.1f)",
+		len(o.CPUOff), off, on, on-off, 100*(on-off)/off, bpfNS/1e3, o.CPUOff, o.CPUOn)
+}
+
+// Median is the median of xs (0 when empty).
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // Load runs the client threads for d: each connects and closes with RST (so

@@ -22,15 +22,14 @@ func TestOverhead(t *testing.T) {
 	var connects float64
 	var admitted, accepts, overflows uint64
 	tiers := ""
-	for range 3 {
-		o.Off = append(o.Off, o.Load(o.Phase))
+	for range o.Rounds {
+		o.Measure(false)
 		tr, err := New(Options{NetnsPath: o.NS.Path(), Tier: tier})
 		if err != nil {
 			t.Fatalf("%+v", err)
 		}
 		tiers = fmt.Sprint(tr.objs.Tiers())
-		r := o.Load(o.Phase)
-		o.On = append(o.On, r)
+		r := o.Measure(true)
 		connects += r * o.Phase.Seconds()
 		s, err := tr.Snapshot()
 		if err != nil {
@@ -47,7 +46,9 @@ func TestOverhead(t *testing.T) {
 	out := o.Report("listen", tiers, connects)
 	// Clients reset at once, so most children are gone before accept().
 	out = append(out, fmt.Sprintf("traced: SYNs admitted %d, accept latencies %d, overflows %d", admitted, accepts, overflows))
-	out = append(out, fmt.Sprintf("BPF time per connect: %.0f ns (all runs, any traffic on the machine, over this namespace's connects)", float64(o.TotalNS())/connects))
+	per := float64(o.TotalNS()) / connects
+	out = append(out, fmt.Sprintf("BPF time per connect: %.0f ns (all runs, any traffic on the machine, over this namespace's connects)", per))
+	out = append(out, o.CPUCost(per))
 	for _, l := range out {
 		fmt.Println(l)
 	}

@@ -21,8 +21,8 @@ func TestOverhead(t *testing.T) {
 		preferRaw(t) // the raw_syscalls fallback
 	}
 	tierName := ""
-	for range 3 {
-		o.Off = append(o.Off, o.Load(o.Phase))
+	for range o.Rounds {
+		o.Measure(false)
 		tr, err := New(Options{Netns: o.NS.Path()})
 		if err != nil {
 			t.Fatalf("%+v", err)
@@ -31,7 +31,7 @@ func TestOverhead(t *testing.T) {
 		for _, c := range tr.Choices() {
 			tierName += fmt.Sprintf(" %s=%s", c.Hook, c.Method)
 		}
-		o.On = append(o.On, o.Load(o.Phase))
+		o.Measure(true)
 		if _, err := tr.Frame(time.Now()); err != nil {
 			t.Fatal(err)
 		}
@@ -40,7 +40,9 @@ func TestOverhead(t *testing.T) {
 	}
 	out := o.Report("ports", tierName, 0)
 	if v := o.Progs["sys_exit_connect"]; v[1] > 0 {
-		out = append(out, fmt.Sprintf("BPF time per connect: %.0f ns (all programs; state runs on every TCP state change on the machine)", float64(o.TotalNS())/float64(v[1])))
+		per := float64(o.TotalNS()) / float64(v[1])
+		out = append(out, fmt.Sprintf("BPF time per connect: %.0f ns (all programs; state runs on every TCP state change on the machine)", per))
+		out = append(out, o.CPUCost(per))
 	}
 	for _, l := range out {
 		t.Log(l)

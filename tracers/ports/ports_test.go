@@ -273,9 +273,7 @@ func tryExhaust(t *testing.T, tier attach.Tier, twReuse string) (clientResult, *
 	ns := testutil.NewNetns(t)
 	ns.SetSysctl(t, "net.ipv4.ip_local_port_range", "20000 20050")
 	ns.SetSysctl(t, "net.ipv4.tcp_tw_reuse", twReuse)
-	// TIME_WAIT sockets ignore resets (RFC 1337), so the listener's reset
-	// to a late ACK does not free a port the scenario means to hold.
-	ns.SetSysctl(t, "net.ipv4.tcp_rfc1337", "1")
+	ns.KeepTimeWait(t) // a reset must not free a port the scenario holds
 	dest := netip.MustParseAddrPort("127.0.0.1:8080")
 	srv := serve(t, ns, dest.String())
 	tr := newTracer(t, ns, tier)
