@@ -85,6 +85,7 @@ struct dest_stats {
 #define F_ERR_COUNTED 4 /* the outcome was an error, counted at the state change */
 #define F_INCALL 8      /* inside tcp_v{4,6}_connect */
 #define F_BOUND0 16     /* the socket had a port from bind(port 0) */
+#define F_STATE 32      /* opened at CLOSE -> SYN_SENT with no connect hook (state-only) */
 
 /* One connect attempt in flight. */
 struct conn {
@@ -192,6 +193,17 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
+
+/* Set from Go after attaching (index 0): 1 when no connect hook is
+ * attached (the tracepoint tier without syscall tracepoints): the state
+ * program then opens each attempt at CLOSE -> SYN_SENT and counts it when
+ * the socket leaves SYN_SENT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} state_only SEC(".maps");
 
 /* Force the event types into BTF for bpf2go. */
 const struct event *unused_event __attribute__((unused));
@@ -435,25 +447,22 @@ static __always_inline int finish(__u64 skp, long ret)
  * is in (tracepoint tier) as it moves sk to SYN_SENT, just before the port
  * search: the socket holds the destination by then, so nothing is read from
  * user memory. False when the thread is not in such a call. */
-static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
+/* fill_conn fills a new attempt from sk as it moves to SYN_SENT, in the
+ * connecting thread: the destination and bound port are in the socket by
+ * then. False when sk is not one to trace (other namespace or family). */
+static __always_inline bool fill_conn(struct conn *n, const struct sock *sk, bool btf)
 {
-	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
-	__u64 skp = (__u64)sk;
 	struct net *net;
-	struct conn *n;
 	__u32 inum;
 	__u16 num;
 	__u8 locks;
 
-	if (!c || c->flags != SC_INCALL || c->sk)
-		return false;
 	if (targ_netns) {
 		RD(btf, net, sk->__sk_common.skc_net.net);
 		RD(btf, inum, net->ns.inum);
 		if (inum != targ_netns)
-			return true;
+			return false;
 	}
-	n = &c->conn;
 	__builtin_memset(n, 0, sizeof(*n));
 	RD(btf, n->dest.family, sk->__sk_common.skc_family);
 	RD(btf, n->dest.dport, sk->__sk_common.skc_dport);
@@ -463,7 +472,7 @@ static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
 	else if (n->dest.family == AF_INET6)
 		bpf_core_read(n->dest.daddr.v6, 16, &sk->__sk_common.skc_v6_daddr);
 	else
-		return true;
+		return false;
 	/* A port already, without SOCK_BINDPORT_LOCK: bind() to port 0. */
 	RD(btf, num, sk->__sk_common.skc_num);
 	if (num) {
@@ -475,13 +484,79 @@ static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
 			n->flags = F_BOUND0;
 	}
 	n->tgid = bpf_get_current_pid_tgid() >> 32;
-	n->start = c->start;
 	n->ts = bpf_ktime_get_ns();
 	n->born = n->ts;
+	return true;
+}
+
+static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
+{
+	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
+	struct conn *n;
+
+	if (!c || c->flags != SC_INCALL || c->sk)
+		return false;
+	n = &c->conn;
+	if (!fill_conn(n, sk, btf))
+		return true;
+	n->start = c->start;
 	if (events_on)
 		bpf_get_current_comm(n->comm, sizeof(n->comm));
-	c->sk = skp;
+	c->sk = (__u64)sk;
 	return true;
+}
+
+/* state_syn_sent opens an attempt in inflight as sk moves to SYN_SENT in
+ * the connecting thread, when no connect hook is attached. */
+static __always_inline void state_syn_sent(const struct sock *sk, bool btf)
+{
+	__u64 skp = (__u64)sk;
+	struct conn n;
+
+	if (!pass_task() || !fill_conn(&n, sk, btf))
+		return;
+	n.flags |= F_STATE;
+	n.start = n.ts;
+	/* The answer may come in softirq, under another task: keep the
+	 * connecting task's name now. */
+	bpf_get_current_comm(n.comm, sizeof(n.comm));
+	if (bpf_map_update_elem(&inflight, &skp, &n, BPF_ANY))
+		drop(DROP_INFLIGHT);
+}
+
+/* state_answer counts an attempt state_syn_sent opened as sk leaves
+ * SYN_SENT: established; closed with sk_err (refused, unreachable, timed
+ * out); closed before any segment went out, which is the port search (or,
+ * rarely, the route) failing inside connect(): EADDRNOTAVAIL; or closed
+ * after the SYN with no error: its owner closed it before an answer, a
+ * connect without an error, as connect() itself counts it. */
+static __always_inline void state_answer(struct conn *e, const struct sock *sk, int newstate)
+{
+	__u64 skp = (__u64)sk;
+	struct dest_stats *s;
+	int err = 0;
+
+	if (newstate == TCP_CLOSE) {
+		err = BPF_CORE_READ(sk, sk_err);
+		if (!err && !BPF_CORE_READ((struct tcp_sock *)sk, segs_out))
+			err = EADDRNOTAVAIL;
+	}
+	e->lat = bpf_ktime_get_ns() - e->ts;
+	s = dest_get(e);
+	if (s) {
+		if (!s->comm[0])
+			__builtin_memcpy(s->comm, e->comm, sizeof(s->comm));
+		s->connects++;
+		if (e->flags & F_BOUND0)
+			s->bound_first++;
+		hist_add(&s->lat, e->lat);
+		if (e->lat > s->lat_max_ns)
+			s->lat_max_ns = e->lat;
+	}
+	if (err)
+		count_errno(s, err);
+	emit(e, sk, err);
+	bpf_map_delete_elem(&inflight, &skp);
 }
 
 /* in_call_conn returns the attempt on sk that the current thread's connect
@@ -500,6 +575,7 @@ static __always_inline struct conn *in_call_conn(__u64 skp)
  * pointer (plain loads). */
 static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate, bool btf)
 {
+	__u32 zero = 0, *so = bpf_map_lookup_elem(&state_only, &zero);
 	__u64 skp = (__u64)sk;
 	struct dest_stats *s;
 	struct conn *e;
@@ -507,6 +583,10 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	int err;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		if (so && *so) {
+			state_syn_sent(sk, btf);
+			return 0;
+		}
 		if (sys_syn_sent(sk, btf))
 			return 0;
 		e = bpf_map_lookup_elem(&inflight, &skp);
@@ -516,6 +596,12 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	}
 	if (oldstate != TCP_SYN_SENT)
 		return 0;
+	if (so && *so) {
+		e = bpf_map_lookup_elem(&inflight, &skp);
+		if (e && (e->flags & F_STATE))
+			state_answer(e, sk, newstate);
+		return 0;
+	}
 	e = in_call_conn(skp);
 	if (e) {
 		/* In the connecting thread, inside its call: only this thread

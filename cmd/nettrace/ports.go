@@ -76,6 +76,7 @@ source -> destination, latency, result); -c then counts events.`,
 	fl.BoolVarP(&ipv6, "ipv6", "6", false, "only IPv6 destinations")
 	fl.StringVar(&opts.Netns, "netns", "", "trace this network namespace (e.g. /var/run/netns/NAME); default: nettrace's, or that of -p")
 	fl.BoolVar(&opts.Events, "events", false, "print one line per connect instead of the per-destination table")
+	fl.BoolVar(&opts.Syscalls, "syscalls", false, "tracepoint tier: hook connect() with the syscall tracepoints, which also count connects that fail before a SYN (no route, EACCES); they put every system call on the slow path")
 	return cmd
 }
 

@@ -61,8 +61,15 @@ func TestDispatchCost(t *testing.T) {
 			}
 			return func() { tr.Close() }
 		},
+		"nettrace ports --syscalls": func() func() {
+			tr, err := New(Options{Netns: o.NS.Path(), Syscalls: true})
+			if err != nil {
+				t.Fatalf("%+v", err)
+			}
+			return func() { tr.Close() }
+		},
 	}
-	order := []string{"nothing", "empty tp_btf inet_sock_set_state", "empty syscalls sys_enter/exit_connect", "nettrace ports"}
+	order := []string{"nothing", "empty tp_btf inet_sock_set_state", "empty syscalls sys_enter/exit_connect", "nettrace ports", "nettrace ports --syscalls"}
 	cpu := map[string][]float64{}
 	for range o.Rounds {
 		for _, name := range order {

@@ -120,6 +120,7 @@ const (
 	portsMapErrnos             = "errnos"
 	portsMapEvents             = "events"
 	portsMapInflight           = "inflight"
+	portsMapStateOnly          = "state_only"
 	portsMapSysc               = "sysc"
 	portsProgConnect4Fentry    = "connect4_fentry"
 	portsProgConnect4Fexit     = "connect4_fexit"
@@ -218,13 +219,14 @@ type portsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portsMapSpecs struct {
-	Calls    *ebpf.MapSpec `ebpf:"calls"`
-	Dests    *ebpf.MapSpec `ebpf:"dests"`
-	Drops    *ebpf.MapSpec `ebpf:"drops"`
-	Errnos   *ebpf.MapSpec `ebpf:"errnos"`
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Inflight *ebpf.MapSpec `ebpf:"inflight"`
-	Sysc     *ebpf.MapSpec `ebpf:"sysc"`
+	Calls     *ebpf.MapSpec `ebpf:"calls"`
+	Dests     *ebpf.MapSpec `ebpf:"dests"`
+	Drops     *ebpf.MapSpec `ebpf:"drops"`
+	Errnos    *ebpf.MapSpec `ebpf:"errnos"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
+	Inflight  *ebpf.MapSpec `ebpf:"inflight"`
+	StateOnly *ebpf.MapSpec `ebpf:"state_only"`
+	Sysc      *ebpf.MapSpec `ebpf:"sysc"`
 }
 
 // portsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -260,13 +262,14 @@ func (o *portsObjects) Close() error {
 //
 // It can be passed to loadPortsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portsMaps struct {
-	Calls    *ebpf.Map `ebpf:"calls"`
-	Dests    *ebpf.Map `ebpf:"dests"`
-	Drops    *ebpf.Map `ebpf:"drops"`
-	Errnos   *ebpf.Map `ebpf:"errnos"`
-	Events   *ebpf.Map `ebpf:"events"`
-	Inflight *ebpf.Map `ebpf:"inflight"`
-	Sysc     *ebpf.Map `ebpf:"sysc"`
+	Calls     *ebpf.Map `ebpf:"calls"`
+	Dests     *ebpf.Map `ebpf:"dests"`
+	Drops     *ebpf.Map `ebpf:"drops"`
+	Errnos    *ebpf.Map `ebpf:"errnos"`
+	Events    *ebpf.Map `ebpf:"events"`
+	Inflight  *ebpf.Map `ebpf:"inflight"`
+	StateOnly *ebpf.Map `ebpf:"state_only"`
+	Sysc      *ebpf.Map `ebpf:"sysc"`
 }
 
 func (m *portsMaps) Close() error {
@@ -277,6 +280,7 @@ func (m *portsMaps) Close() error {
 		m.Errnos,
 		m.Events,
 		m.Inflight,
+		m.StateOnly,
 		m.Sysc,
 	)
 }

@@ -44,8 +44,11 @@ func warnings(rows []*Row, set Settings, drops Drops, latency string) []output.W
 	}
 	size := set.Size()
 	what := "port allocation (time in inet_hash_connect)"
-	if latency == LatencySynSent {
+	switch latency {
+	case LatencySynSent:
 		what = "connect setup (SYN_SENT until connect() returns, which includes the port search)"
+	case LatencySynAnswer:
+		what = "connect setup (SYN_SENT until the answer, which includes the port search)"
 	}
 	for _, r := range rows {
 		if 100*r.PortsInUse >= RangeUsedPct*size {

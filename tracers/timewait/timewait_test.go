@@ -285,6 +285,7 @@ func TestExpiry(t *testing.T) {
 	}
 	t.Parallel()
 	ns := testutil.NewNetns(t)
+	ns.KeepTimeWait(t)
 	serve(t, ns, closeAtOnce)
 	tr := newTracer(t, ns, attach.Auto)
 	before := netstat(t, ns)
@@ -318,6 +319,7 @@ func TestExpiry(t *testing.T) {
 func TestReuse(t *testing.T) {
 	testutil.RequireBPF(t)
 	ns := testutil.NewNetns(t)
+	ns.KeepTimeWait(t)
 	ns.SetSysctl(t, "net.ipv4.tcp_tw_reuse", "1")
 	ns.SetSysctl(t, "net.ipv4.ip_local_port_range", "40000 40009")
 	serve(t, ns, closeAfterPeer)
@@ -398,6 +400,7 @@ func TestReuse(t *testing.T) {
 func TestCloseWait(t *testing.T) {
 	testutil.RequireBPF(t)
 	ns := testutil.NewNetns(t)
+	ns.KeepTimeWait(t)
 	var (
 		mu   sync.Mutex
 		held []net.Conn
@@ -487,6 +490,7 @@ func TestEveryTier(t *testing.T) {
 	for _, tier := range attach.Tiers {
 		t.Run(string(tier), func(t *testing.T) {
 			ns := testutil.NewNetns(t)
+			ns.KeepTimeWait(t)
 			if !avail[tier] {
 				tr, err := New(Options{Netns: []string{ns.Path()}, Tier: tier})
 				if err == nil {
@@ -514,6 +518,8 @@ func TestEveryTier(t *testing.T) {
 func TestNetnsFilter(t *testing.T) {
 	testutil.RequireBPF(t)
 	watched, other := testutil.NewNetns(t), testutil.NewNetns(t)
+	watched.KeepTimeWait(t)
+	other.KeepTimeWait(t)
 	serve(t, other, closeAtOnce)
 	tr := newTracer(t, watched, attach.Auto)
 	clientAfterServer(t, other, 30)
