@@ -51,7 +51,7 @@ var Hooks = []attach.Hook{
 func init() {
 	attach.Register(attach.TracerInfo{
 		Name: "ports", Summary: "connect() and ephemeral port allocation per destination",
-		Spec: loadPorts, Hooks: Hooks, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
+		Spec: loadPorts, Hooks: hooks(Options{}), Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
 	})
 }
 
