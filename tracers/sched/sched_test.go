@@ -371,7 +371,7 @@ func TestSlotsShared(t *testing.T) {
 	for i, tid := range c.tids {
 		a, b := s1.Tasks[uint32(tid)], s2.Tasks[uint32(tid)]
 		vol, pvol := b.Voluntary-a.Voluntary, p2[i].vol-p1[i].vol
-		if pvol < 2500 || !near(vol, pvol, 0.01, 1) {
+		if pvol < 1000 || !near(vol, pvol, 0.01, 1) { // 5000 round trips: about half block
 			t.Errorf("thread %d: BPF %d voluntary switches, /proc %d", i, vol, pvol)
 		}
 		if b.CommString() == "" || b.TGID != uint32(c.pid) || b.TID != uint64(tid) {
