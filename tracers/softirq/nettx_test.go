@@ -80,41 +80,22 @@ func TestNetTXUnderQdisc(t *testing.T) {
 	if txv < 0 {
 		t.Fatal("no NET_TX vector")
 	}
-	e1 := time.Now()
-	p1, _, err := ReadProcSoftirqs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s1, err := tr.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	edges := time.Since(e1)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			buf := make([]byte, 64)
-			for end := time.Now().Add(time.Second); time.Now().Before(end); {
-				c.Write(buf) // ENOBUFS when the qdisc is full is expected
-			}
-		}()
-	}
-	wg.Wait()
-	e2 := time.Now()
-	s2, err := tr.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, _, err := ReadProcSoftirqs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	edges += time.Since(e2)
-	window := time.Since(start)
+	w := measureWindow(t, tr, func() {
+		var wg sync.WaitGroup
+		for _, c := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 64)
+				for end := time.Now().Add(time.Second); time.Now().Before(end); {
+					c.Write(buf) // ENOBUFS when the qdisc is full is expected
+				}
+			}()
+		}
+		wg.Wait()
+	})
+	p1, p2, s1, s2, edges, window := w.p1, w.p2, w.s1, w.s2, w.edges, w.window
 	var proc, bpf uint64
 	for cpu := range p2[txv] {
 		proc += p2[txv][cpu] - p1[txv][cpu]

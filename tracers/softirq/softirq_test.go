@@ -44,6 +44,45 @@ func pingPong(t *testing.T, d time.Duration) int {
 	return n
 }
 
+// window is what measureWindow saw: /proc/softirqs (p1, p2, names) and
+// the tracer's snapshots (s1, s2) around a load, the time between the two
+// reads at the start and end (edges), and the load's length (window).
+type window struct {
+	p1, p2        [][]uint64
+	names         []string
+	s1, s2        *Snapshot
+	edges, window time.Duration
+}
+
+// measureWindow reads /proc/softirqs and the tracer, runs load, and reads
+// them again in the reverse order, so only the events between the two
+// reads at each edge can differ.
+func measureWindow(t *testing.T, tr *Tracer, load func()) window {
+	t.Helper()
+	var w window
+	var err error
+	e1 := time.Now()
+	if w.p1, w.names, err = ReadProcSoftirqs(); err != nil {
+		t.Fatal(err)
+	}
+	if w.s1, err = tr.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	w.edges = time.Since(e1)
+	start := time.Now()
+	load()
+	e2 := time.Now()
+	if w.s2, err = tr.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	if w.p2, _, err = ReadProcSoftirqs(); err != nil {
+		t.Fatal(err)
+	}
+	w.edges += time.Since(e2)
+	w.window = time.Since(start)
+	return w
+}
+
 // cpuSoftirqTicks sums the softirq column of the cpu lines of /proc/stat.
 func statSoftirq(t *testing.T) time.Duration {
 	t.Helper()
@@ -70,29 +109,9 @@ func TestCountsMatchProcSoftirqs(t *testing.T) {
 	t.Logf("attached: %s", tr.Choice())
 
 	st1 := statSoftirq(t)
-	e1 := time.Now()
-	p1, names, err := ReadProcSoftirqs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s1, err := tr.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	edges := time.Since(e1)
-	start := time.Now()
-	rounds := pingPong(t, 1500*time.Millisecond)
-	e2 := time.Now()
-	s2, err := tr.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, _, err := ReadProcSoftirqs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	edges += time.Since(e2)
-	window := time.Since(start)
+	var rounds int
+	w := measureWindow(t, tr, func() { rounds = pingPong(t, 1500*time.Millisecond) })
+	p1, p2, s1, s2, names, edges, window := w.p1, w.p2, w.s1, w.s2, w.names, w.edges, w.window
 	st2 := statSoftirq(t)
 	t.Logf("edges (between the /proc/softirqs and map reads) %v of %v", edges, window)
 
