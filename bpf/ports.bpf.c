@@ -395,7 +395,11 @@ static __always_inline void account(struct conn *e, int err)
 		e->lat = bpf_ktime_get_ns() - e->ts;
 	s = dest_get(e);
 	if (s) {
-		if (!s->comm[0]) /* created now, or at a state change in softirq */
+		/* Created now, or at a state change in softirq: the name the
+		 * attempt kept when it opened, else the caller's (in its thread). */
+		if (!s->comm[0] && e->comm[0])
+			__builtin_memcpy(s->comm, e->comm, sizeof(s->comm));
+		else if (!s->comm[0])
 			bpf_get_current_comm(s->comm, sizeof(s->comm));
 		s->connects++;
 		if (e->flags & F_BOUND0)
@@ -533,7 +537,6 @@ static __always_inline void state_syn_sent(const struct sock *sk, bool btf)
 static __always_inline void state_answer(struct conn *e, const struct sock *sk, int newstate)
 {
 	__u64 skp = (__u64)sk;
-	struct dest_stats *s;
 	int err = 0;
 
 	if (newstate == TCP_CLOSE) {
@@ -541,20 +544,7 @@ static __always_inline void state_answer(struct conn *e, const struct sock *sk, 
 		if (!err && !BPF_CORE_READ((struct tcp_sock *)sk, segs_out))
 			err = EADDRNOTAVAIL;
 	}
-	e->lat = bpf_ktime_get_ns() - e->ts;
-	s = dest_get(e);
-	if (s) {
-		if (!s->comm[0])
-			__builtin_memcpy(s->comm, e->comm, sizeof(s->comm));
-		s->connects++;
-		if (e->flags & F_BOUND0)
-			s->bound_first++;
-		hist_add(&s->lat, e->lat);
-		if (e->lat > s->lat_max_ns)
-			s->lat_max_ns = e->lat;
-	}
-	if (err)
-		count_errno(s, err);
+	account(e, err);
 	emit(e, sk, err);
 	bpf_map_delete_elem(&inflight, &skp);
 }
