@@ -168,6 +168,16 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
+/* Set by user space when the accept hook is given up (the tracepoint tier
+ * without --syscalls): state_tp then keeps no handshake times. A map, not
+ * a constant: the tier is known only after the programs load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} accept_off SEC(".maps");
+
 /* Peak generation: user space flips it, then reads and deletes the old one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -250,9 +260,15 @@ static __always_inline void update_peak(const struct sock *sk, __u32 synq)
 	np.synq = synq;
 	p = bpf_map_lookup_elem(&peak_map, &k);
 	if (!p) {
-		if (bpf_map_update_elem(&peak_map, &k, &np, BPF_NOEXIST))
+		if (!bpf_map_update_elem(&peak_map, &k, &np, BPF_NOEXIST))
+			return;
+		/* Another CPU inserted the key first (EEXIST), or the map
+		 * is full. */
+		p = bpf_map_lookup_elem(&peak_map, &k);
+		if (!p) {
 			count_lost(LOST_PEAKS);
-		return;
+			return;
+		}
 	}
 	if (np.acceptq > p->acceptq)
 		p->acceptq = np.acceptq;
@@ -725,6 +741,8 @@ static __always_inline void sk_lkey(const struct sock *sk, struct lkey *k)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 {
+	__u32 zero = 0, *off = bpf_map_lookup_elem(&accept_off, &zero);
+	bool timed = !(off && *off);
 	struct lkey k = {};
 	struct born b = {};
 	__u64 skp = (__u64)sk;
@@ -737,7 +755,7 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 			__u64 *v = bpf_map_lookup_elem(&listeners, &k);
 			if (v && *v == skp)
 				bpf_map_delete_elem(&listeners, &k);
-		} else if (bpf_map_lookup_elem(&born, &skp)) {
+		} else if (timed && bpf_map_lookup_elem(&born, &skp)) {
 			bpf_map_delete_elem(&born, &skp);
 		}
 		return 0;
@@ -755,12 +773,14 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	}
 	/* A passive handshake is done: its child sits in the accept queue. */
-	b.ts = bpf_ktime_get_ns();
 	const struct sock *l = find_listener(k.netns, k.port, k.family, &k.addr);
 	if (l && is_listener(l)) {
 		b.listener = (__u64)l;
 		update_peak(l, synq_len(l));
 	}
+	if (!timed)
+		return 0;
+	b.ts = bpf_ktime_get_ns();
 	/* The child is queued before this state change: an accept() on
 	 * another CPU can take (and graft) it first. That accept waited 0. */
 	if (sk->sk_socket) {

@@ -23,8 +23,9 @@ func newListen() *cobra.Command {
 net.core.somaxconn), accept and SYN queues now and at their peak in the
 interval, connections dropped with the accept queue full (overflows), SYN
 drops, SYN cookies, SYN-ACK retransmits, and the time from handshake done to
-accept() where the attach tier can measure it. The header has the
-namespace's sysctls and its ListenOverflows/ListenDrops/SyncookiesSent.`,
+accept() where the attach tier can measure it (fentry and kprobe; the
+tracepoint tier with --syscalls). The header has the namespace's sysctls
+and its ListenOverflows/ListenDrops/SyncookiesSent.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.Port < 0 || opts.Port > 65535 {
@@ -48,5 +49,6 @@ namespace's sysctls and its ListenOverflows/ListenDrops/SyncookiesSent.`,
 	f.IntVarP(&opts.PID, "pid", "p", 0, "only listeners this process holds (in its network namespace)")
 	f.StringVar(&opts.NetnsPath, "netns", "", "watch this network namespace (e.g. /var/run/netns/NAME)")
 	f.BoolVar(&opts.Events, "events", false, "print each drop (time, listener, peer, reason) instead of the per-socket rows")
+	f.BoolVar(&opts.Syscalls, "syscalls", false, "tracepoint tier: time accept() with the syscall tracepoints (accept latency); they put every system call on the slow path")
 	return cmd
 }

@@ -90,6 +90,7 @@ by Ctrl-C before -d or the command's end is marked incomplete.`,
 	f.BoolVar(&o.Profile, "profile", false, "also sample on-CPU stacks: profile.pb.gz, profile.folded, profile.svg")
 	f.StringVar(&o.NetnsPath, "netns", "", "network namespace the ports, listen and timewait tracers watch")
 	f.IntVarP(&pid, "pid", "p", 0, "watch this process's network namespace")
+	f.BoolVar(&o.Syscalls, "syscalls", false, "tracepoint tier: ports and listen also hook the connect and accept system calls (see their --syscalls)")
 	return cmd
 }
 

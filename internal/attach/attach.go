@@ -14,6 +14,7 @@ package attach
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -67,6 +68,28 @@ type Alternative struct {
 type Hook struct {
 	Name         string // "connect"
 	Alternatives []Alternative
+}
+
+// GiveUpBefore returns a copy of hooks where hook's first alternative of
+// tier is preceded by alt, an alternative without programs ("none": the
+// hook is given up in that tier). Tracers use it to keep the syscall
+// tracepoints, which put every system call of every task on the slow
+// path, behind an option.
+func GiveUpBefore(hooks []Hook, hook string, tier Tier, alt Alternative) []Hook {
+	out := slices.Clone(hooks)
+	for i, h := range out {
+		if h.Name != hook {
+			continue
+		}
+		at := slices.IndexFunc(h.Alternatives, func(a Alternative) bool { return a.Tier == tier })
+		if at < 0 {
+			continue
+		}
+		alt.Tier, alt.Programs = tier, nil
+		h.Alternatives = slices.Insert(slices.Clone(h.Alternatives), at, alt)
+		out[i] = h
+	}
+	return out
 }
 
 // Refusal says why an alternative was not used.

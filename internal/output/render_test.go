@@ -224,3 +224,22 @@ func TestPointerRows(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// TestSortPointers: a pointer to a number sorts as the number, and nil (not
+// measured) after every value.
+func TestSortPointers(t *testing.T) {
+	type row struct {
+		Name string   `json:"name" col:"NAME"`
+		P99  *float64 `json:"p99" col:"P99,%.0f"`
+	}
+	one, three := 1.0, 3.0
+	var buf bytes.Buffer
+	rows := []row{{"a", nil}, {"b", &one}, {"c", &three}, {"d", nil}}
+	if err := Render(&buf, Frame{Tracer: "t", Rows: rows}, Options{Sort: "p99"}); err != nil {
+		t.Fatal(err)
+	}
+	got := buf.String()[strings.Index(buf.String(), "\n")+1:]
+	if want := "NAME  P99\nc       3\nb       1\na       -\nd       -\n"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

@@ -82,7 +82,11 @@ func (s *schema) add(t reflect.Type, index []int) error {
 			name = sf.Name
 		}
 		f := field{index: idx, key: name}
-		switch sf.Type.Kind() {
+		kind := sf.Type.Kind()
+		if kind == reflect.Pointer { // nil: not measured, printed "-"
+			kind = sf.Type.Elem().Kind()
+		}
+		switch kind {
 		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
 			reflect.Float32, reflect.Float64, reflect.Bool:
@@ -97,7 +101,7 @@ func (s *schema) add(t reflect.Type, index []int) error {
 			}
 		}
 		if f.format == "" {
-			switch sf.Type.Kind() {
+			switch kind {
 			case reflect.Float32, reflect.Float64:
 				f.format = "%.1f"
 			default:
@@ -194,8 +198,20 @@ func rowValues(rows any, key string, top int) ([]reflect.Value, *schema, error) 
 	return out, s, nil
 }
 
-// compare orders numbers and bools descending and strings ascending.
+// compare orders numbers and bools descending and strings ascending; a
+// nil pointer (not measured) comes after every value.
 func compare(a, b reflect.Value) int {
+	if a.Kind() == reflect.Pointer {
+		switch {
+		case a.IsNil() && b.IsNil():
+			return 0
+		case a.IsNil():
+			return 1
+		case b.IsNil():
+			return -1
+		}
+		a, b = a.Elem(), b.Elem()
+	}
 	switch a.Kind() {
 	case reflect.String:
 		return cmp.Compare(a.String(), b.String())

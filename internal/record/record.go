@@ -47,10 +47,10 @@ var openers = []struct {
 	open func(o *Options) (Tracer, error)
 }{
 	{"ports", func(o *Options) (Tracer, error) {
-		return ports.New(ports.Options{Netns: o.NetnsPath, Tier: o.Tier})
+		return ports.New(ports.Options{Netns: o.NetnsPath, Tier: o.Tier, Syscalls: o.Syscalls})
 	}},
 	{"listen", func(o *Options) (Tracer, error) {
-		return listen.New(listen.Options{NetnsPath: o.NetnsPath, Tier: o.Tier})
+		return listen.New(listen.Options{NetnsPath: o.NetnsPath, Tier: o.Tier, Syscalls: o.Syscalls})
 	}},
 	{"softirq", func(o *Options) (Tracer, error) { return softirq.New(softirq.Options{Tier: o.Tier}) }},
 	{"sched", func(o *Options) (Tracer, error) { return sched.New(sched.Options{Tier: o.Tier}) }},
@@ -112,8 +112,11 @@ type Options struct {
 	Command   []string      // run this and stop when it exits (optional)
 	NetnsPath string        // network namespace the per-namespace tracers watch ("" = ours)
 	Tier      attach.Tier
-	Version   string   // nettrace's version, for meta.json
-	Args      []string // nettrace's command line, for meta.json
+	// Syscalls: ports and listen use the syscall tracepoints in the
+	// tracepoint tier (connects failing before a SYN, accept latency).
+	Syscalls bool
+	Version  string   // nettrace's version, for meta.json
+	Args     []string // nettrace's command line, for meta.json
 	// Progress gets a one-line progress display, redrawn in place, when it
 	// is a terminal; nil or not a terminal: nothing.
 	Progress io.Writer

@@ -30,10 +30,12 @@ type Row struct {
 	AckDrops      uint64  `json:"ack_drops"`
 	Cookies       uint64  `json:"syncookies" col:"COOKIES"`
 	SynackRetrans uint64  `json:"synack_retransmits" col:"SYNACK RTX"`
-	Accepts       uint64  `json:"accepts"`
-	AcceptP50US   float64 `json:"accept_p50_us" col:"ACC p50us,%.0f"`
-	AcceptP99US   float64 `json:"accept_p99_us" col:"ACC p99us,%.0f"`
-	Note          string  `json:"note,omitempty" col:"NOTE"`
+	// Accept latency: nil where the tier does not measure it (Accepts)
+	// or no accept() was measured in the interval (the quantiles).
+	Accepts     *uint64  `json:"accepts"`
+	AcceptP50US *float64 `json:"accept_p50_us" col:"ACC p50us,%.0f"`
+	AcceptP99US *float64 `json:"accept_p99_us" col:"ACC p99us,%.0f"`
+	Note        string   `json:"note,omitempty" col:"NOTE"`
 }
 
 // DropRow is one drop, with --events.
@@ -126,7 +128,7 @@ func (t *Tracer) row(l *Listener, s *Snapshot, secs float64) Row {
 		Overflows: l.Overflows(), OverflowsPerS: float64(l.Overflows()) / secs,
 		SynOverflows: l.SynOverflows, AckOverflows: l.AckOverflows,
 		SynDrops: l.SynDrops, SynDropsPerS: float64(l.SynDrops) / secs, AckDrops: l.AckDrops,
-		Cookies: l.Cookies, SynackRetrans: l.SynackRetrans, Accepts: l.Accepts,
+		Cookies: l.Cookies, SynackRetrans: l.SynackRetrans,
 		BacklogSetBy: "listen()",
 	}
 	if l.CappedBy {
@@ -137,10 +139,16 @@ func (t *Tracer) row(l *Listener, s *Snapshot, secs float64) Row {
 	if len(l.Owners) > 0 {
 		r.PID, r.Comm = l.Owners[0].PID, l.Owners[0].Comm
 	}
-	if l.AcceptUS.Count() > 0 {
-		r.AcceptP50US, r.AcceptP99US = l.AcceptUS.Quantile(0.5), l.AcceptUS.Quantile(0.99)
-	}
 	var notes []string
+	if t.AcceptTimed() {
+		r.Accepts = &l.Accepts
+		if l.AcceptUS.Count() > 0 {
+			p50, p99 := l.AcceptUS.Quantile(0.5), l.AcceptUS.Quantile(0.99)
+			r.AcceptP50US, r.AcceptP99US = &p50, &p99
+		}
+	} else {
+		notes = append(notes, "accept latency not measured in this tier (--syscalls measures it)")
+	}
 	if c, ok := t.objs.Choice("ack"); ok && c.Method == "tp_btf" &&
 		(t.facts.ReasonListenOverflow == noReason || !t.facts.HasRxSk) {
 		notes = append(notes, "final-ACK overflows not attributable on this kernel (no TCP_LISTEN_OVERFLOW drop reason / rx_sk)")

@@ -76,6 +76,7 @@ type listenScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	listenMapAcceptOff            = "accept_off"
 	listenMapAccepting            = "accepting"
 	listenMapBorn                 = "born"
 	listenMapEvents               = "events"
@@ -193,6 +194,7 @@ type listenProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenMapSpecs struct {
+	AcceptOff *ebpf.MapSpec `ebpf:"accept_off"`
 	Accepting *ebpf.MapSpec `ebpf:"accepting"`
 	Born      *ebpf.MapSpec `ebpf:"born"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
@@ -244,6 +246,7 @@ func (o *listenObjects) Close() error {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenMaps struct {
+	AcceptOff *ebpf.Map `ebpf:"accept_off"`
 	Accepting *ebpf.Map `ebpf:"accepting"`
 	Born      *ebpf.Map `ebpf:"born"`
 	Events    *ebpf.Map `ebpf:"events"`
@@ -257,6 +260,7 @@ type listenMaps struct {
 
 func (m *listenMaps) Close() error {
 	return _ListenClose(
+		m.AcceptOff,
 		m.Accepting,
 		m.Born,
 		m.Events,

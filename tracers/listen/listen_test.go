@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,8 +134,22 @@ func neverAccepts(t *testing.T, host string) {
 	if netip.MustParseAddr(host).Is6() {
 		network = "tcp6"
 	}
+	type tc struct {
+		tier     attach.Tier
+		syscalls bool
+	}
+	var cases []tc
 	for _, tier := range tiers(t) {
-		t.Run(string(tier), func(t *testing.T) {
+		cases = append(cases, tc{tier, false})
+	}
+	cases = append(cases, tc{attach.Tracepoint, true})
+	for _, c := range cases {
+		name := string(c.tier)
+		if c.syscalls {
+			name += "+syscalls"
+		}
+		tier := c.tier
+		t.Run(name, func(t *testing.T) {
 			ns := testutil.NewNetns(t)
 			ns.SetSysctl(t, "net.core.somaxconn", "10")
 			var stuckFD, stuck, fast int
@@ -147,12 +162,17 @@ func neverAccepts(t *testing.T, host string) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			tr, err := New(Options{NetnsPath: ns.Path(), Tier: tier})
+			tr, err := New(Options{NetnsPath: ns.Path(), Tier: tier, Syscalls: c.syscalls})
 			if err != nil {
 				t.Fatalf("%+v", err)
 			}
 			defer tr.Close()
 			t.Logf("tiers %v", tr.objs.Tiers())
+			// accept() is hooked in every tier but the tracepoint tier
+			// without syscall tracepoints.
+			if timed := tier != attach.Tracepoint || c.syscalls; tr.AcceptTimed() != timed {
+				t.Fatalf("accept timed %v, want %v (choices %v)", tr.AcceptTimed(), timed, tr.Choices())
+			}
 
 			fds := connectMany(t, ns, netip.AddrPortFrom(netip.MustParseAddr(host), uint16(stuck)), 200, 4)
 			var fastOK, fastFailed int
@@ -212,21 +232,28 @@ func neverAccepts(t *testing.T, host string) {
 			if f.Overflows() > want/10 {
 				t.Errorf("fast listener: %d overflows of %d", f.Overflows(), want)
 			}
-			// Accept latency, every tier: each accept() of a connection
-			// the programs saw complete. One can slip through when the
-			// handshake's state change lands between accept() taking the
-			// child and grafting it to its socket (a few instructions).
-			if f.Accepts > uint64(fastOK) || f.Accepts+1 < uint64(fastOK) || f.AcceptUS.Count() != f.Accepts {
-				t.Errorf("fast listener: %d accepts measured (%d in the histogram), clients connected %d", f.Accepts, f.AcceptUS.Count(), fastOK)
+			// Accept latency where the tier times accept(): each accept()
+			// of a connection the programs saw complete. One can slip
+			// through when the handshake's state change lands between
+			// accept() taking the child and grafting it to its socket (a
+			// few instructions). Elsewhere none, and the rows say so.
+			wantAccepts := fastOK
+			if !tr.AcceptTimed() {
+				wantAccepts = 0
+			}
+			if f.Accepts > uint64(wantAccepts) || f.Accepts+1 < uint64(wantAccepts) || f.AcceptUS.Count() != f.Accepts {
+				t.Errorf("fast listener: %d accepts measured (%d in the histogram), want %d (clients connected %d)", f.Accepts, f.AcceptUS.Count(), wantAccepts, fastOK)
 			}
 			if l.Accepts != 0 {
 				t.Errorf("stuck listener: %d accepts measured, it never accepts", l.Accepts)
 			}
-			fr, err := tr.Frame(time.Now())
-			if err != nil {
-				t.Fatal(err)
+			row := tr.row(f, s, 1)
+			switch {
+			case tr.AcceptTimed() && (row.Accepts == nil || *row.Accepts != f.Accepts || row.AcceptP50US == nil || *row.AcceptP50US < 0):
+				t.Errorf("fast listener's row: accepts %v p50 %v, want %d and a latency", row.Accepts, row.AcceptP50US, f.Accepts)
+			case !tr.AcceptTimed() && (row.Accepts != nil || row.AcceptP50US != nil || !strings.Contains(row.Note, "accept latency not measured")):
+				t.Errorf("fast listener's row: accepts %v p50 %v note %q, want not measured", row.Accepts, row.AcceptP50US, row.Note)
 			}
-			_ = fr
 			ws := warnings(l, s)
 			codes := []string{}
 			for _, w := range ws {

@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/nettrace/nettrace/internal/testutil"
 )
@@ -17,6 +18,8 @@ import (
 // tracepoint tier's hooks (what attaching costs before any work: the
 // tracepoint dispatch, and for the syscall tracepoints the slow path they
 // turn on for every system call of every task), and with the tracer.
+// The same empty tp_btf program with the kernel's BPF statistics on shows
+// what they add (the other phases run without them, as users do).
 // Configurations alternate for o.Rounds rounds; medians are reported.
 func TestDispatchCost(t *testing.T) {
 	o := testutil.NewOverhead(t, "127.0.0.1:8087")
@@ -37,6 +40,18 @@ func TestDispatchCost(t *testing.T) {
 				t.Fatal(err)
 			}
 			return func() { l.Close(); p.Close() }
+		},
+		"empty tp_btf, bpf_stats on": func() func() {
+			p := empty(ebpf.Tracing, ebpf.AttachTraceRawTp, "inet_sock_set_state")
+			l, err := link.AttachTracing(link.TracingOptions{Program: p})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() { st.Close(); l.Close(); p.Close() }
 		},
 		"empty syscalls sys_enter/exit_connect": func() func() {
 			var closers []func()
@@ -69,7 +84,7 @@ func TestDispatchCost(t *testing.T) {
 			return func() { tr.Close() }
 		},
 	}
-	order := []string{"nothing", "empty tp_btf inet_sock_set_state", "empty syscalls sys_enter/exit_connect", "nettrace ports", "nettrace ports --syscalls"}
+	order := []string{"nothing", "empty tp_btf inet_sock_set_state", "empty tp_btf, bpf_stats on", "empty syscalls sys_enter/exit_connect", "nettrace ports", "nettrace ports --syscalls"}
 	cpu := map[string][]float64{}
 	for range o.Rounds {
 		for _, name := range order {
@@ -79,10 +94,16 @@ func TestDispatchCost(t *testing.T) {
 			cpu[name] = append(cpu[name], o.CPUOff[len(o.CPUOff)-1])
 		}
 	}
-	base := testutil.Median(cpu["nothing"])
+	// The machine drifts: each configuration is compared with "nothing"
+	// of the same round, and the median of those differences reported.
+	base := cpu["nothing"]
 	for _, name := range order {
-		m := testutil.Median(cpu[name])
-		l := fmt.Sprintf("dispatch: %-38s %5.1f µs CPU per connect (+%.1f µs) %.1f", name, m, m-base, cpu[name])
+		var diffs []float64
+		for i := range cpu[name] {
+			diffs = append(diffs, cpu[name][i]-base[i])
+		}
+		m, d := testutil.Median(cpu[name]), testutil.Median(diffs)
+		l := fmt.Sprintf("dispatch: %-38s %5.1f µs CPU per connect, %+.2f µs (%+.1f%%) %.1f", name, m, d, 100*d/testutil.Median(base), cpu[name])
 		t.Log(l)
 		fmt.Println(l)
 	}

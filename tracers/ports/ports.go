@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"syscall"
 	"time"
 
@@ -77,16 +76,7 @@ func hooks(opts Options) []attach.Hook {
 	if opts.Syscalls {
 		return Hooks
 	}
-	out := slices.Clone(Hooks)
-	for i, h := range out {
-		if h.Name != "connect" {
-			continue
-		}
-		at := slices.IndexFunc(h.Alternatives, func(a attach.Alternative) bool { return a.Tier == attach.Tracepoint })
-		h.Alternatives = slices.Insert(slices.Clone(h.Alternatives), at, stateOnly)
-		out[i] = h
-	}
-	return out
+	return attach.GiveUpBefore(Hooks, "connect", attach.Tracepoint, stateOnly)
 }
 
 // Options select what New traces.
