@@ -20,7 +20,10 @@
  *     queue with;
  *   - bulk: this socket sent more than bulk_bytes since its peer last sent
  *     anything: a one-way bulk flow, which TCP carries faster. It stays on
- *     TCP from then on (never back to redirect);
+ *     TCP from then on (never back to redirect), and leaves sock_hash as
+ *     soon as that cannot drop data (see leave), so that its sends no
+ *     longer take the sk_msg path at all;
+ *   - peer_leaving: the peer is a bulk sender leaving sock_hash;
  *   - comm: --comm is set and the task sending now, or the task that last
  *     sent on the peer socket, has another comm (or the peer never sent).
  *   - internal: a helper failed.
@@ -88,6 +91,7 @@ enum redir_stat {
 	ST_MISS_BULK,
 	ST_MISS_COMM,
 	ST_MISS_INTERNAL,
+	ST_MISS_PEER_LEAVING,
 	ST_SOCK_ADDED,
 	ST_SOCK_ADD_FAILED,
 	ST_SOCK_NOT_ADDED_DRAINING,
@@ -95,6 +99,8 @@ enum redir_stat {
 	ST_SPLICE_MARK_FAILED,
 	ST_SPLICE_STRANDED,
 	ST_SPLICE_STRANDED_BYTES,
+	ST_SOCK_LEFT_BULK,    /* bulk senders taken out of sock_hash */
+	ST_LEAVE_DEFERRED,    /* a leave put off: the peer was handing us a message, or ours were unread */
 	ST_MAX,
 };
 
@@ -122,7 +128,32 @@ struct sockref {
 	__u64 unanswered; /* bytes this socket sent since its peer last sent */
 	__u32 bulk;       /* sent more than bulk_bytes unanswered: TCP for good */
 	__u32 comm_ok;    /* the task that last sent on it had comm sel_comm */
+	/* Leaving sock_hash (bulk senders; see leave): */
+	__u64 inflight;   /* redirects this socket decided whose sendmsg has not returned */
+	__u64 leaving;    /* set once: its peer must not redirect to it any more */
+	__u64 left;       /* taken out of sock_hash */
 };
+
+/* Per thread inside sendmsg: the socket it redirected from and how many
+ * redirects it decided there, until sock_send_length sees the call return
+ * (the messages are in the peer's queue by then). */
+struct sending {
+	struct sk_key key;
+	__u64 cookie;
+	__u64 n;
+};
+
+/* In the thread's task storage: the entry stays after the call (n = 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sending);
+} sending SEC(".maps");
+
+/* Whether bulk senders leave sock_hash: needs the sock_send_length
+ * tracepoint (6.4+) to know when a peer's redirect is done. */
+const volatile bool leave_bulk = false;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -239,6 +270,55 @@ static __always_inline long psock_queued(void *user_data)
 	return BPF_CORE_READ(ps, msg_tot_len);
 }
 
+/* leave takes a bulk sender (key), which redirect_msg marked leaving so
+ * that its peer redirects no more to it, out of sock_hash, so that its
+ * sends stop taking the sk_msg path. It runs on an ACK of its TCP data
+ * (sockops may delete from sock_hash; sk_msg may not). Taking a socket out
+ * drops its psock with whatever redirected data it has not read, and a
+ * message a peer is redirecting to it at that moment: so it leaves only
+ * when its peer has no redirect under way (hold_peer) and its redirected
+ * queue is empty; else at a later ACK. Once out, it asks for no more RTT
+ * callbacks. */
+static __always_inline void leave(struct bpf_sock_ops *skops, const struct sk_key *key)
+{
+	struct sk_key peer_key;
+	struct sockref *mine, *peer;
+	struct tcp_sock *tp;
+	struct bpf_sock *sk;
+	long queued;
+
+	mine = bpf_map_lookup_elem(&socks, key);
+	if (!mine || !mine->leaving)
+		return;
+	if (mine->left)
+		goto done;
+	peer_of(key, &peer_key);
+	peer = bpf_map_lookup_elem(&socks, &peer_key);
+	/* leaving was set by an atomic in an earlier sk_msg run: this load
+	 * comes after it. */
+	if (peer && *(volatile __u64 *)&peer->inflight) {
+		count(ST_LEAVE_DEFERRED, 1);
+		return;
+	}
+	sk = skops->sk;
+	if (!sk)
+		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	queued = psock_queued(tp->inet_conn.icsk_inet.sk.sk_user_data);
+	if (queued != 0) {
+		count(ST_LEAVE_DEFERRED, 1);
+		return;
+	}
+	if (bpf_map_delete_elem(&sock_hash, key))
+		return;
+	mine->left = 1;
+	count(ST_SOCK_LEFT_BULK, 1);
+done:
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 SEC("sockops")
 int redirect_sockops(struct bpf_sock_ops *skops)
 {
@@ -248,7 +328,7 @@ int redirect_sockops(struct bpf_sock_ops *skops)
 	__u32 op = skops->op;
 
 	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
-	    op != BPF_SOCK_OPS_STATE_CB)
+	    op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_RTT_CB)
 		return 1;
 	if (skops->family == AF_INET) {
 		set_v4(key.laddr, skops->local_ip4);
@@ -263,6 +343,10 @@ int redirect_sockops(struct bpf_sock_ops *skops)
 	key.lport = skops->local_port;
 	key.rport = bpf_ntohl(skops->remote_port);
 
+	if (op == BPF_SOCK_OPS_RTT_CB) {
+		leave(skops, &key);
+		return 1;
+	}
 	if (op == BPF_SOCK_OPS_STATE_CB) {
 		/* The kernel removes closed sockets from sock_hash itself. */
 		if (skops->args[1] == BPF_TCP_CLOSE) {
@@ -283,7 +367,8 @@ int redirect_sockops(struct bpf_sock_ops *skops)
 	__builtin_memset(&ref, 0, sizeof(ref));
 	ref.addr = (__u64)sk;
 	ref.cookie = bpf_get_socket_cookie(skops);
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* RTT: an ACK of TCP data, when a bulk sender may leave sock_hash. */
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | (leave_bulk ? BPF_SOCK_OPS_RTT_CB_FLAG : 0));
 	if (bpf_map_update_elem(&socks, &key, &ref, BPF_NOEXIST)) {
 		count(ST_SOCK_ADD_FAILED, 1);
 		return 1;
@@ -354,6 +439,51 @@ static __always_inline int comm_selected(void)
 	return 1;
 }
 
+/* release takes a thread's finished redirects off its socket's count. */
+static __always_inline void release(struct sending *s)
+{
+	struct sockref *r;
+
+	if (!s->n)
+		return;
+	r = bpf_map_lookup_elem(&socks, &s->key);
+	if (r)
+		__sync_fetch_and_sub(&r->inflight, s->n);
+	s->n = 0;
+}
+
+/* hold_peer counts a redirect this thread is about to make from mine (key)
+ * to peer, unless the peer is leaving: with the leave below, one of the
+ * two sides sees the other's mark (both are full-barrier atomics), so a
+ * peer never leaves with one of our messages on its way. 0, or the reason
+ * not to redirect. */
+static __always_inline __u32 hold_peer(const struct sk_key *key, struct sockref *mine, struct sockref *peer)
+{
+	struct sending *s;
+
+	s = bpf_task_storage_get(&sending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!s)
+		return ST_MISS_INTERNAL;
+	if (s->cookie != mine->cookie) {
+		/* Idle (n == 0), or this thread's earlier sendmsg, on
+		 * another socket, returned unseen: its redirects are done. */
+		release(s);
+		s->key = *key;
+		s->cookie = mine->cookie;
+	}
+	s->n++;
+	/* A fully ordered atomic, then a plain load: the load cannot pass
+	 * it (x86 locked instructions; BPF's fetch atomics are full
+	 * barriers on every JIT). */
+	__sync_fetch_and_add(&mine->inflight, 1);
+	if (*(volatile __u64 *)&peer->leaving) {
+		__sync_fetch_and_sub(&mine->inflight, 1);
+		s->n--;
+		return ST_MISS_PEER_LEAVING;
+	}
+	return 0;
+}
+
 SEC("sk_msg")
 int redirect_msg(struct sk_msg_md *msg)
 {
@@ -412,12 +542,21 @@ int redirect_msg(struct sk_msg_md *msg)
 		if (mine->bulk || mine->unanswered > bulk_bytes) {
 			mine->bulk = 1;
 			reason = ST_MISS_BULK;
+			/* Its peer redirects no more to it: redirect_sockops
+			 * takes it out of sock_hash at a later ACK. */
+			if (leave_bulk && !mine->leaving)
+				__sync_fetch_and_or(&mine->leaving, 1);
 			goto pass;
 		}
 	}
 	reason = check_peer(ref, me->write_seq, size);
 	if (reason)
 		goto pass;
+	if (leave_bulk) {
+		reason = hold_peer(&key, mine, ref);
+		if (reason)
+			goto pass;
+	}
 	if (bpf_msg_redirect_hash(msg, &sock_hash, &peer_key, BPF_F_INGRESS) != SK_PASS) {
 		reason = ST_MISS_NO_PEER;
 		goto pass;
@@ -430,6 +569,23 @@ pass:
 	count(ST_PASS_MSGS, 1);
 	count(ST_PASS_BYTES, size);
 	return SK_PASS;
+}
+
+/* redirect_send_done sees a sendmsg return: the redirects the thread
+ * decided in it are in the peer's queue, and the peer may leave. Sockets
+ * without a psock (not in sock_hash) are skipped at the first load. */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(redirect_send_done, struct sock *sk, int ret, int flags)
+{
+	struct sending *s;
+
+	if (!sk->sk_user_data)
+		return 0;
+	s = bpf_task_storage_get(&sending, bpf_get_current_task_btf(), 0, 0);
+	if (!s || !s->n || s->cookie != sk->__sk_common.skc_cookie.counter)
+		return 0;
+	release(s);
+	return 0;
 }
 
 struct splice_args {

@@ -95,7 +95,7 @@ func writeBench(w io.Writer, rep *bench.Report) error {
 			continue
 		}
 		d := *r.Redirect
-		share := pct(d.PingPongRedirectedBytes, d.PingPongPassedBytes) + " / " + pct(d.StreamRedirectedBytes, d.StreamPassedBytes)
+		share := pct(d.PingPongRedirectedBytes, d.PingPongPassedBytes) + " / " + pct(d.StreamRedirectedBytes, uint64(max(d.StreamBytes, int64(d.StreamRedirectedBytes)))-d.StreamRedirectedBytes)
 		rows = append(rows, []string{sizeName(r.Size),
 			f0(p.RoundTripsPerS), f0(d.RoundTripsPerS), ratio(d.RoundTripsPerS, p.RoundTripsPerS),
 			f1(p.P50Us), f1(d.P50Us), f1(p.P99Us), f1(d.P99Us),

@@ -34,10 +34,11 @@ var Caps = []kernel.Cap{kernel.CapBPF, kernel.CapNetAdmin, kernel.CapPerfmon, ke
 const (
 	pinSockopsLink = "sockops_link"
 	pinSpliceLink  = "splice_link"
+	pinSendLink    = "send_link"
 	pinMsgProg     = "msg_prog"
 )
 
-var mapNames = []string{"sock_hash", "socks", "spliced", "settings", "stats"}
+var mapNames = []string{"sock_hash", "socks", "spliced", "settings", "stats", "sending"}
 
 // DefaultBulkBytes is Options.BulkBytes when 0: a socket that sends more
 // than this without its peer sending anything back stays on TCP, which
@@ -86,6 +87,18 @@ func Supported() error {
 		}
 	}
 	return errors.New("kernel's sk_psock has no msg_tot_len: the receiver's queue of redirected data cannot be bounded (needs a newer kernel)")
+}
+
+// canLeave says whether the kernel has the sock:sock_send_length tracepoint
+// (6.4+), which bulk senders need to leave the socket map safely (see
+// leave in bpf/redirect.bpf.c). Without it they stay in the map, on TCP.
+func canLeave() bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var td *btf.Typedef
+	return spec.TypeByName("btf_trace_sock_send_length", &td) == nil
 }
 
 // Enable loads the programs, attaches sk_msg to the socket map, the splice
@@ -160,6 +173,13 @@ func Enable(opts Options) (err error) {
 	if err := spec.Variables["bulk_bytes"].Set(bulk); err != nil {
 		return fmt.Errorf("set bulk threshold: %w", err)
 	}
+	leave := bulk > 0 && canLeave()
+	if err := spec.Variables["leave_bulk"].Set(leave); err != nil {
+		return fmt.Errorf("set bulk leave: %w", err)
+	}
+	if !leave {
+		delete(spec.Programs, "redirect_send_done")
+	}
 	for _, name := range mapNames {
 		spec.Maps[name].Pinning = ebpf.PinByName
 	}
@@ -185,6 +205,16 @@ func Enable(opts Options) (err error) {
 	defer tp.Close()
 	if err := tp.Pin(filepath.Join(dir, pinSpliceLink)); err != nil {
 		return fmt.Errorf("pin splice watcher: %w", err)
+	}
+	if leave {
+		sl, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs["redirect_send_done"]})
+		if err != nil {
+			return fmt.Errorf("attach send watcher: %w", err)
+		}
+		defer sl.Close()
+		if err := sl.Pin(filepath.Join(dir, pinSendLink)); err != nil {
+			return fmt.Errorf("pin send watcher: %w", err)
+		}
 	}
 	so, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachCGroupSockOps, Program: coll.Programs["redirect_sockops"]})
 	if err != nil {
@@ -225,7 +255,7 @@ func existingPins(dir string) []string {
 // draining): only for undoing a failed Enable, or after Disable drained.
 func remove(dir string) error {
 	var errs []error
-	for _, name := range []string{pinSockopsLink, pinSpliceLink} {
+	for _, name := range []string{pinSockopsLink, pinSpliceLink, pinSendLink} {
 		p := filepath.Join(dir, name)
 		l, err := link.LoadPinnedLink(p, nil)
 		if errors.Is(err, os.ErrNotExist) {

@@ -45,15 +45,25 @@ const (
 	redirectRedirStatST_MISS_BULK               redirectRedirStat = 12
 	redirectRedirStatST_MISS_COMM               redirectRedirStat = 13
 	redirectRedirStatST_MISS_INTERNAL           redirectRedirStat = 14
-	redirectRedirStatST_SOCK_ADDED              redirectRedirStat = 15
-	redirectRedirStatST_SOCK_ADD_FAILED         redirectRedirStat = 16
-	redirectRedirStatST_SOCK_NOT_ADDED_DRAINING redirectRedirStat = 17
-	redirectRedirStatST_SPLICE_MARKED           redirectRedirStat = 18
-	redirectRedirStatST_SPLICE_MARK_FAILED      redirectRedirStat = 19
-	redirectRedirStatST_SPLICE_STRANDED         redirectRedirStat = 20
-	redirectRedirStatST_SPLICE_STRANDED_BYTES   redirectRedirStat = 21
-	redirectRedirStatST_MAX                     redirectRedirStat = 22
+	redirectRedirStatST_MISS_PEER_LEAVING       redirectRedirStat = 15
+	redirectRedirStatST_SOCK_ADDED              redirectRedirStat = 16
+	redirectRedirStatST_SOCK_ADD_FAILED         redirectRedirStat = 17
+	redirectRedirStatST_SOCK_NOT_ADDED_DRAINING redirectRedirStat = 18
+	redirectRedirStatST_SPLICE_MARKED           redirectRedirStat = 19
+	redirectRedirStatST_SPLICE_MARK_FAILED      redirectRedirStat = 20
+	redirectRedirStatST_SPLICE_STRANDED         redirectRedirStat = 21
+	redirectRedirStatST_SPLICE_STRANDED_BYTES   redirectRedirStat = 22
+	redirectRedirStatST_SOCK_LEFT_BULK          redirectRedirStat = 23
+	redirectRedirStatST_LEAVE_DEFERRED          redirectRedirStat = 24
+	redirectRedirStatST_MAX                     redirectRedirStat = 25
 )
+
+type redirectSending struct {
+	_      structs.HostLayout
+	Key    redirectSkKey
+	Cookie uint64
+	N      uint64
+}
 
 type redirectSkKey struct {
 	_     structs.HostLayout
@@ -71,28 +81,34 @@ type redirectSockref struct {
 	Unanswered uint64
 	Bulk       uint32
 	CommOk     uint32
+	Inflight   uint64
+	Leaving    uint64
+	Left       uint64
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	redirectMapSettings         = "settings"
-	redirectMapSockHash         = "sock_hash"
-	redirectMapSocks            = "socks"
-	redirectMapSpliced          = "spliced"
-	redirectMapStats            = "stats"
-	redirectProgRedirectMsg     = "redirect_msg"
-	redirectProgRedirectPending = "redirect_pending"
-	redirectProgRedirectSockops = "redirect_sockops"
-	redirectProgRedirectSplice  = "redirect_splice"
-	redirectVarBulkBytes        = "bulk_bytes"
-	redirectVarHasComm          = "has_comm"
-	redirectVarN_ports          = "n_ports"
-	redirectVarSelComm          = "sel_comm"
-	redirectVarSelPorts         = "sel_ports"
-	redirectVarUnusedPendingRec = "unused_pending_rec"
-	redirectVarUnusedRedirStat  = "unused_redir_stat"
+	redirectMapSending           = "sending"
+	redirectMapSettings          = "settings"
+	redirectMapSockHash          = "sock_hash"
+	redirectMapSocks             = "socks"
+	redirectMapSpliced           = "spliced"
+	redirectMapStats             = "stats"
+	redirectProgRedirectMsg      = "redirect_msg"
+	redirectProgRedirectPending  = "redirect_pending"
+	redirectProgRedirectSendDone = "redirect_send_done"
+	redirectProgRedirectSockops  = "redirect_sockops"
+	redirectProgRedirectSplice   = "redirect_splice"
+	redirectVarBulkBytes         = "bulk_bytes"
+	redirectVarHasComm           = "has_comm"
+	redirectVarLeaveBulk         = "leave_bulk"
+	redirectVarN_ports           = "n_ports"
+	redirectVarSelComm           = "sel_comm"
+	redirectVarSelPorts          = "sel_ports"
+	redirectVarUnusedPendingRec  = "unused_pending_rec"
+	redirectVarUnusedRedirStat   = "unused_redir_stat"
 )
 
 // loadRedirect returns the embedded CollectionSpec for redirect.
@@ -137,16 +153,18 @@ type redirectSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectProgramSpecs struct {
-	RedirectMsg     *ebpf.ProgramSpec `ebpf:"redirect_msg"`
-	RedirectPending *ebpf.ProgramSpec `ebpf:"redirect_pending"`
-	RedirectSockops *ebpf.ProgramSpec `ebpf:"redirect_sockops"`
-	RedirectSplice  *ebpf.ProgramSpec `ebpf:"redirect_splice"`
+	RedirectMsg      *ebpf.ProgramSpec `ebpf:"redirect_msg"`
+	RedirectPending  *ebpf.ProgramSpec `ebpf:"redirect_pending"`
+	RedirectSendDone *ebpf.ProgramSpec `ebpf:"redirect_send_done"`
+	RedirectSockops  *ebpf.ProgramSpec `ebpf:"redirect_sockops"`
+	RedirectSplice   *ebpf.ProgramSpec `ebpf:"redirect_splice"`
 }
 
 // redirectMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectMapSpecs struct {
+	Sending  *ebpf.MapSpec `ebpf:"sending"`
 	Settings *ebpf.MapSpec `ebpf:"settings"`
 	SockHash *ebpf.MapSpec `ebpf:"sock_hash"`
 	Socks    *ebpf.MapSpec `ebpf:"socks"`
@@ -160,6 +178,7 @@ type redirectMapSpecs struct {
 type redirectVariableSpecs struct {
 	BulkBytes        *ebpf.VariableSpec `ebpf:"bulk_bytes"`
 	HasComm          *ebpf.VariableSpec `ebpf:"has_comm"`
+	LeaveBulk        *ebpf.VariableSpec `ebpf:"leave_bulk"`
 	N_ports          *ebpf.VariableSpec `ebpf:"n_ports"`
 	SelComm          *ebpf.VariableSpec `ebpf:"sel_comm"`
 	SelPorts         *ebpf.VariableSpec `ebpf:"sel_ports"`
@@ -187,6 +206,7 @@ func (o *redirectObjects) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectMaps struct {
+	Sending  *ebpf.Map `ebpf:"sending"`
 	Settings *ebpf.Map `ebpf:"settings"`
 	SockHash *ebpf.Map `ebpf:"sock_hash"`
 	Socks    *ebpf.Map `ebpf:"socks"`
@@ -196,6 +216,7 @@ type redirectMaps struct {
 
 func (m *redirectMaps) Close() error {
 	return _RedirectClose(
+		m.Sending,
 		m.Settings,
 		m.SockHash,
 		m.Socks,
@@ -210,6 +231,7 @@ func (m *redirectMaps) Close() error {
 type redirectVariables struct {
 	BulkBytes        *ebpf.Variable `ebpf:"bulk_bytes"`
 	HasComm          *ebpf.Variable `ebpf:"has_comm"`
+	LeaveBulk        *ebpf.Variable `ebpf:"leave_bulk"`
 	N_ports          *ebpf.Variable `ebpf:"n_ports"`
 	SelComm          *ebpf.Variable `ebpf:"sel_comm"`
 	SelPorts         *ebpf.Variable `ebpf:"sel_ports"`
@@ -221,16 +243,18 @@ type redirectVariables struct {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectPrograms struct {
-	RedirectMsg     *ebpf.Program `ebpf:"redirect_msg"`
-	RedirectPending *ebpf.Program `ebpf:"redirect_pending"`
-	RedirectSockops *ebpf.Program `ebpf:"redirect_sockops"`
-	RedirectSplice  *ebpf.Program `ebpf:"redirect_splice"`
+	RedirectMsg      *ebpf.Program `ebpf:"redirect_msg"`
+	RedirectPending  *ebpf.Program `ebpf:"redirect_pending"`
+	RedirectSendDone *ebpf.Program `ebpf:"redirect_send_done"`
+	RedirectSockops  *ebpf.Program `ebpf:"redirect_sockops"`
+	RedirectSplice   *ebpf.Program `ebpf:"redirect_splice"`
 }
 
 func (p *redirectPrograms) Close() error {
 	return _RedirectClose(
 		p.RedirectMsg,
 		p.RedirectPending,
+		p.RedirectSendDone,
 		p.RedirectSockops,
 		p.RedirectSplice,
 	)

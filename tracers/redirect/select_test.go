@@ -2,11 +2,13 @@ package redirect
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // pingPong runs rounds of size-byte request/response on a fresh pair and
@@ -77,16 +79,21 @@ func TestComm(t *testing.T) {
 }
 
 // A one-way stream leaves redirect once it sent more than BulkBytes with
-// nothing sent back, and stays on TCP; a ping-pong exchanging more than
-// that in all never trips it, since each answer resets the count.
+// nothing sent back, stays on TCP, and its socket leaves the map (so its
+// sends skip sk_msg); a ping-pong exchanging more than that in all never
+// trips it, since each answer resets the count.
 func TestBulkStaysOnTCP(t *testing.T) {
 	const bulk = 64 << 10
 	ns, _, pins := setupOpts(t, Options{BulkBytes: bulk})
 	client, server := pair(t, ns, "127.0.0.1:0")
 	sent := pingPong(t, client, server, 300, 1000)
-	c := status(t, pins).Counters
-	if c.Misses["bulk"] != 0 || c.RedirectedBytes < sent/2 {
-		t.Errorf("ping-pong of %d bytes: %d bulk misses, %d redirected", sent, c.Misses["bulk"], c.RedirectedBytes)
+	st := status(t, pins)
+	c := st.Counters
+	if c.Misses["bulk"] != 0 || c.RedirectedBytes < sent/2 || c.SocketsLeftBulk != 0 {
+		t.Errorf("ping-pong of %d bytes: %d bulk misses, %d redirected, %d sockets left", sent, c.Misses["bulk"], c.RedirectedBytes, c.SocketsLeftBulk)
+	}
+	if st.SendWatcherLink == 0 {
+		t.Fatal("no send watcher link: bulk senders cannot leave the map on this kernel")
 	}
 	before := c
 
@@ -113,12 +120,88 @@ func TestBulkStaysOnTCP(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	c = status(t, pins).Counters
+	st2 := status(t, pins)
+	c = st2.Counters
 	redirected := c.RedirectedBytes - before.RedirectedBytes
-	t.Logf("stream: %d of %d bytes redirected, misses %v", redirected, n, c.Misses)
+	passed := c.PassedBytes - before.PassedBytes
+	t.Logf("stream: %d of %d bytes redirected, %d through TCP by sk_msg; misses %v; sockets %d -> %d, left %d, leaves put off %d",
+		redirected, n, passed, c.Misses, st.Sockets, st2.Sockets, c.SocketsLeftBulk, c.LeaveDeferred)
 	// The first byte went through TCP (peer_unproven), then at most bulk
-	// bytes were redirected.
-	if redirected > bulk || c.Misses["bulk"] < (n-bulk)/(16<<10) {
+	// bytes were redirected; then the writer left the map: its later
+	// writes never reach sk_msg, so far fewer bytes than the stream were
+	// counted passing through it.
+	if redirected > bulk || c.Misses["bulk"] == 0 {
 		t.Errorf("stream: %d bytes redirected (at most %d), %d bulk misses", redirected, bulk, c.Misses["bulk"])
+	}
+	if c.SocketsLeftBulk != 1 || st2.Sockets != st.Sockets+1 || passed > n/2 {
+		t.Errorf("stream: %d sockets left the map (want the writer), map %d -> %d sockets (want +1: the new pair less the writer), %d of %d bytes still through sk_msg",
+			c.SocketsLeftBulk, st.Sockets, st2.Sockets, passed, n)
+	}
+}
+
+// paced sleeps after each write.
+type paced struct {
+	w     io.Writer
+	pause time.Duration
+}
+
+func (p paced) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	time.Sleep(p.pause)
+	return n, err
+}
+
+// A bulk writer leaves the map while its peer keeps sending small messages
+// to it (redirected until the leave): both directions arrive byte for
+// byte, whichever side sees the other's mark first.
+func TestBulkLeavesWhilePeerSends(t *testing.T) {
+	const bulk = 64 << 10
+	ns, _, pins := setupOpts(t, Options{BulkBytes: bulk})
+	for round := range 3 {
+		client, server := pair(t, ns, "127.0.0.1:0")
+		const up, down = 16 << 20, 512 << 10
+		errc := make(chan error, 4)
+		go func() { // the bulk flow
+			err := writeStream(client, byte(10+round), up, 16<<10, nil)
+			if err == nil {
+				err = client.CloseWrite()
+			}
+			errc <- err
+		}()
+		go func() { // the peer's small messages, every 300 µs
+			err := writeStream(paced{server, 300 * time.Microsecond}, byte(20+round), down, 256, nil)
+			if err == nil {
+				err = server.CloseWrite()
+			}
+			errc <- err
+		}()
+		go func() {
+			got, err := readStream(server, byte(10+round), 64<<10)
+			if err == nil && got != up {
+				err = fmt.Errorf("server read %d of %d bytes", got, up)
+			}
+			errc <- err
+		}()
+		go func() {
+			got, err := readStream(client, byte(20+round), 4<<10)
+			if err == nil && got != down {
+				err = fmt.Errorf("client read %d of %d bytes", got, down)
+			}
+			errc <- err
+		}()
+		for range 4 {
+			if err := <-errc; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+	}
+	c := status(t, pins).Counters
+	t.Logf("redirected %d bytes, through sk_msg to TCP %d; misses %v; left %d, leaves put off %d",
+		c.RedirectedBytes, c.PassedBytes, c.Misses, c.SocketsLeftBulk, c.LeaveDeferred)
+	// Each round's writer leaves; the peer may too, once its small
+	// messages go unanswered through sk_msg (the writer's later sends
+	// skip it) for more than the threshold.
+	if c.SocketsLeftBulk < 3 || c.RedirectedBytes == 0 {
+		t.Errorf("%d sockets left the map (want each round's writer at least), %d bytes redirected", c.SocketsLeftBulk, c.RedirectedBytes)
 	}
 }

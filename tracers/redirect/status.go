@@ -31,6 +31,7 @@ type Status struct {
 	SockopsAttached   bool     `json:"sockops_attached"` // the cgroup lists the program
 	SkMsgProgIDs      []uint32 `json:"sk_msg_prog_ids"`  // programs the socket map runs on sendmsg
 	SpliceWatcherLink uint32   `json:"splice_watcher_link_id"`
+	SendWatcherLink   uint32   `json:"send_watcher_link_id"` // 0: bulk senders stay in the map
 
 	Sockets     int    `json:"sockets"`      // sockets in the map
 	QueuedBytes uint64 `json:"queued_bytes"` // redirected bytes not yet read
@@ -55,10 +56,15 @@ type Counters struct {
 	// still queued: splice cannot see those bytes (read-then-splice).
 	SpliceStranded      uint64 `json:"splice_stranded"`
 	SpliceStrandedBytes uint64 `json:"splice_stranded_bytes"`
+	// Bulk senders taken out of the map (their sends skip sk_msg), and
+	// leaves put off to a later send because the peer was handing them a
+	// message or their redirected queue was not empty.
+	SocketsLeftBulk uint64 `json:"sockets_left_bulk"`
+	LeaveDeferred   uint64 `json:"leave_deferred"`
 }
 
 // MissReasons are the keys of Counters.Misses, in the order of the stats map.
-var MissReasons = []string{"draining", "no_peer", "peer_closing", "tcp_unread", "peer_unproven", "peer_spliced", "peer_full", "no_queue_info", "bulk", "comm", "internal"}
+var MissReasons = []string{"draining", "no_peer", "peer_closing", "tcp_unread", "peer_unproven", "peer_spliced", "peer_full", "no_queue_info", "bulk", "comm", "internal", "peer_leaving"}
 
 // ReadStatus reads what is pinned under dir ("" = DefaultPinDir) and asks
 // the kernel what is attached. Nothing pinned is not an error.
@@ -140,6 +146,16 @@ func (st *Status) readLinks(dir string) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("open splice watcher link: %w", err)
 	}
+	if l, err := link.LoadPinnedLink(filepath.Join(dir, pinSendLink), nil); err == nil {
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			return fmt.Errorf("read send watcher link: %w", err)
+		}
+		st.SendWatcherLink = uint32(info.ID)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("open send watcher link: %w", err)
+	}
 	return nil
 }
 
@@ -209,6 +225,8 @@ func (c *Counters) read(m *ebpf.Map) error {
 	c.SpliceMarkFailed = v[redirectRedirStatST_SPLICE_MARK_FAILED]
 	c.SpliceStranded = v[redirectRedirStatST_SPLICE_STRANDED]
 	c.SpliceStrandedBytes = v[redirectRedirStatST_SPLICE_STRANDED_BYTES]
+	c.SocketsLeftBulk = v[redirectRedirStatST_SOCK_LEFT_BULK]
+	c.LeaveDeferred = v[redirectRedirStatST_LEAVE_DEFERRED]
 	return nil
 }
 

@@ -145,8 +145,10 @@ func TestLoopbackRedirect(t *testing.T) {
 		if d.MsgRuns < uint64(2*d.RoundTrips) || d.MsgNsPerRun <= 0 {
 			t.Errorf("size %d: sk_msg ran %d times (%.0f ns each) for %d ping-pong sends", r.Size, d.MsgRuns, d.MsgNsPerRun, 2*d.RoundTrips)
 		}
-		if d.StreamRedirectedBytes+d.StreamPassedBytes != uint64(d.StreamBytes) {
-			t.Errorf("size %d stream: %d redirected + %d passed bytes, want %d", r.Size, d.StreamRedirectedBytes, d.StreamPassedBytes, d.StreamBytes)
+		// The writer leaves the map once it is a bulk sender: its later
+		// bytes skip sk_msg and are in neither count.
+		if d.StreamRedirectedBytes+d.StreamPassedBytes > uint64(d.StreamBytes) || d.StreamRedirectedBytes > 2*redirect.DefaultBulkBytes {
+			t.Errorf("size %d stream: %d redirected + %d passed bytes of %d (at most %d redirected)", r.Size, d.StreamRedirectedBytes, d.StreamPassedBytes, d.StreamBytes, 2*redirect.DefaultBulkBytes)
 		}
 	}
 	leftovers(t, orig)
