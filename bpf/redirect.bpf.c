@@ -453,10 +453,11 @@ static __always_inline void release(struct sending *s)
 }
 
 /* hold_peer counts a redirect this thread is about to make from mine (key)
- * to peer, unless the peer is leaving: with the leave below, one of the
- * two sides sees the other's mark (both are full-barrier atomics), so a
- * peer never leaves with one of our messages on its way. 0, or the reason
- * not to redirect. */
+ * to peer, unless the peer is leaving. The peer marked itself leaving with
+ * an atomic before leave (sockops) reads our count, and we count with an
+ * atomic before reading its mark: one of the two sides sees the other's,
+ * so a peer never leaves with one of our messages on its way. 0, or the
+ * reason not to redirect. */
 static __always_inline __u32 hold_peer(const struct sk_key *key, struct sockref *mine, struct sockref *peer)
 {
 	struct sending *s;

@@ -31,27 +31,24 @@ func TestDispatchCost(t *testing.T) {
 		}
 		return p
 	}
+	emptyTPBTF := func() func() {
+		p := empty(ebpf.Tracing, ebpf.AttachTraceRawTp, "inet_sock_set_state")
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func() { l.Close(); p.Close() }
+	}
 	attach := map[string]func() func(){
-		"nothing": func() func() { return func() {} },
-		"empty tp_btf inet_sock_set_state": func() func() {
-			p := empty(ebpf.Tracing, ebpf.AttachTraceRawTp, "inet_sock_set_state")
-			l, err := link.AttachTracing(link.TracingOptions{Program: p})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return func() { l.Close(); p.Close() }
-		},
+		"nothing":                          func() func() { return func() {} },
+		"empty tp_btf inet_sock_set_state": emptyTPBTF,
 		"empty tp_btf, bpf_stats on": func() func() {
-			p := empty(ebpf.Tracing, ebpf.AttachTraceRawTp, "inet_sock_set_state")
-			l, err := link.AttachTracing(link.TracingOptions{Program: p})
-			if err != nil {
-				t.Fatal(err)
-			}
+			detach := emptyTPBTF()
 			st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 			if err != nil {
 				t.Fatal(err)
 			}
-			return func() { st.Close(); l.Close(); p.Close() }
+			return func() { st.Close(); detach() }
 		},
 		"empty syscalls sys_enter/exit_connect": func() func() {
 			var closers []func()

@@ -67,7 +67,7 @@ const (
 // socket leaves SYN_SENT. Enabling a syscall tracepoint puts every system
 // call of every task on the slow path (measured: 1.4-1.9 µs more CPU per
 // loopback connection, more than the programs cost).
-var stateOnly = attach.Alternative{Tier: attach.Tracepoint,
+var stateOnly = attach.Alternative{
 	GivesUp: "connect() calls that fail before a SYN for another reason than the port search (no route, EACCES) are not seen, and latency runs from SYN_SENT to the answer; --syscalls adds them with the syscall tracepoints, at about 1.5 µs more CPU per connection"}
 
 // hooks returns Hooks for opts: with the state-only alternative first in

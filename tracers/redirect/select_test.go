@@ -159,6 +159,17 @@ func TestBulkLeavesWhilePeerSends(t *testing.T) {
 	ns, _, pins := setupOpts(t, Options{BulkBytes: bulk})
 	for round := range 3 {
 		client, server := pair(t, ns, "127.0.0.1:0")
+		// Both ends proven readers first, so the peer's messages are
+		// redirected when the writer turns bulk (else they may all go
+		// through TCP and nothing races with the leave).
+		for _, c := range [][2]*net.TCPConn{{client, server}, {server, client}} {
+			if _, err := c[0].Write([]byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c[1], make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
 		const up, down = 16 << 20, 512 << 10
 		errc := make(chan error, 4)
 		go func() { // the bulk flow
