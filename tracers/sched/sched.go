@@ -100,6 +100,8 @@ type Tracer struct {
 	opts Options
 	prev *Snapshot
 	ncpu int
+	// clockGen is the last generation written to clock_sync.
+	clockGen uint32
 }
 
 // New loads and attaches the scheduler programs.
@@ -266,24 +268,26 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 	s := &Snapshot{Time: time.Now(), Tasks: tasks}
 	// The programs add a span when it ends: a thread on a CPU of its own
 	// may run for seconds between two switches. Credit the spans under way
-	// up to now (the clock of bpf_ktime_get_ns), as schedstat does; the
-	// next snapshot's completed span then adds only the rest.
+	// up to now, as schedstat does; the next snapshot's completed span then
+	// adds only the rest.
 	var running []CPURun
 	if err := t.objs.Maps["running"].Lookup(uint32(0), &running); err != nil {
 		return nil, fmt.Errorf("read sched running: %w", err)
 	}
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err == nil {
-		mono := uint64(ts.Nano())
+	now, ok := t.clockNow(running)
+	if err := t.requestClockSync(); err != nil {
+		return nil, err
+	}
+	if ok {
 		for _, r := range running {
-			if v, ok := s.Tasks[r.Tid]; ok && r.Since != 0 && mono > r.Since {
-				v.OnCPUNS += mono - r.Since
+			if v, ok := s.Tasks[r.Tid]; ok && r.Since != 0 && now > r.Since {
+				v.OnCPUNS += now - r.Since
 				s.Tasks[r.Tid] = v
 			}
 		}
 		for tid, v := range s.Tasks {
-			if v.TsQueued != 0 && mono > v.TsQueued {
-				v.RunqNS += mono - v.TsQueued
+			if v.TsQueued != 0 && now > v.TsQueued {
+				v.RunqNS += now - v.TsQueued
 				s.Tasks[tid] = v
 			}
 		}
@@ -365,6 +369,36 @@ func sub0(a, b uint64) uint64 {
 		return 0
 	}
 	return a - b
+}
+
+// clockNow returns the programs' clock now: the run queues' clock
+// (sched_clock) where the kernel lets them read it, else bpf_ktime_get_ns.
+// CLOCK_MONOTONIC less the offset the CPUs last recorded between the two
+// (the newest pair); false before any CPU has recorded one.
+func (t *Tracer) clockNow(running []CPURun) (uint64, bool) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, false
+	}
+	var newest CPURun
+	for _, r := range running {
+		if r.SyncKtime > newest.SyncKtime {
+			newest = r
+		}
+	}
+	if newest.SyncKtime == 0 {
+		return 0, false
+	}
+	return uint64(ts.Nano()) - (newest.SyncKtime - newest.SyncClock), true
+}
+
+// requestClockSync asks each CPU's next switch to record both clocks.
+func (t *Tracer) requestClockSync() error {
+	t.clockGen++
+	if err := t.objs.Maps["clock_sync"].Update(uint32(0), t.clockGen, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("request sched clock sync: %w", err)
+	}
+	return nil
 }
 
 // Frame returns the figures of the interval since the previous call.

@@ -14,10 +14,12 @@ import (
 )
 
 type schedCpuRun struct {
-	_     structs.HostLayout
-	Since uint64
-	Tid   uint32
-	Pad   uint32
+	_         structs.HostLayout
+	Since     uint64
+	Tid       uint32
+	Sync      uint32
+	SyncKtime uint64
+	SyncClock uint64
 }
 
 type schedOffcpuKey struct {
@@ -60,6 +62,7 @@ type schedTaskStat struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	schedMapClockSync          = "clock_sync"
 	schedMapDropped            = "dropped"
 	schedMapNewPids            = "new_pids"
 	schedMapOffcpu             = "offcpu"
@@ -146,6 +149,7 @@ type schedProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type schedMapSpecs struct {
+	ClockSync      *ebpf.MapSpec `ebpf:"clock_sync"`
 	Dropped        *ebpf.MapSpec `ebpf:"dropped"`
 	NewPids        *ebpf.MapSpec `ebpf:"new_pids"`
 	Offcpu         *ebpf.MapSpec `ebpf:"offcpu"`
@@ -194,6 +198,7 @@ func (o *schedObjects) Close() error {
 //
 // It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
 type schedMaps struct {
+	ClockSync      *ebpf.Map `ebpf:"clock_sync"`
 	Dropped        *ebpf.Map `ebpf:"dropped"`
 	NewPids        *ebpf.Map `ebpf:"new_pids"`
 	Offcpu         *ebpf.Map `ebpf:"offcpu"`
@@ -207,6 +212,7 @@ type schedMaps struct {
 
 func (m *schedMaps) Close() error {
 	return _SchedClose(
+		m.ClockSync,
 		m.Dropped,
 		m.NewPids,
 		m.Offcpu,

@@ -103,14 +103,31 @@ func TestNetTXUnderQdisc(t *testing.T) {
 	for cpu := range s2.Vecs {
 		bpf += sub(s2.Vecs[cpu][txv], s1.Vecs[cpu][txv]).Count
 	}
-	t.Logf("NET_TX over %v through tbf on a veth: /proc/softirqs %d, BPF %d", window, proc, bpf)
+	for cpu := range p2[txv] {
+		if cpu < len(s2.Vecs) {
+			t.Logf("cpu %d: /proc/softirqs %d, BPF %d", cpu, p2[txv][cpu]-p1[txv][cpu], sub(s2.Vecs[cpu][txv], s1.Vecs[cpu][txv]).Count)
+		}
+	}
+	for name, p := range tr.objs.Programs {
+		if st, err := p.Stats(); err == nil {
+			t.Logf("%s: recursion misses %d", name, st.RecursionMisses)
+		}
+	}
+	t.Logf("NET_TX over %v through tbf on a veth (edges %v): /proc/softirqs %d, BPF %d", window, edges, proc, bpf)
 	// 20 Mbit/s of 64-byte datagrams (106 bytes on the wire) is about
 	// 23,000 packets a second, a throttled dequeue for nearly each.
 	if proc < 1000 {
 		t.Fatalf("NET_TX rose by only %d in /proc/softirqs: the qdisc did not throttle", proc)
 	}
+	// The kernel counts 0.3-1% more NET_TX softirqs in /proc/softirqs than
+	// its softirq_entry tracepoint fires under this load (1.6% once in CI),
+	// always on the CPU doing most of them and with no recursion misses:
+	// bpftrace's tracepoint:irq:softirq_entry and softirq_raise, run around
+	// the whole test, agree with each other and with this tracer, and fall
+	// short of /proc/softirqs by the same 0.5%. NET_RX and the other vectors
+	// agree exactly (TestCountsMatchProcSoftirqs). Hence 3% here.
 	atEdges := float64(proc) / window.Seconds() * edges.Seconds()
-	if diff, tol := int64(proc)-int64(bpf), int64(float64(proc)/100+4*atEdges)+8; diff > tol || diff < -tol {
+	if diff, tol := int64(proc)-int64(bpf), int64(float64(proc)*3/100+4*atEdges)+8; diff > tol || diff < -tol {
 		t.Errorf("NET_TX: BPF counted %d softirqs, /proc/softirqs rose by %d", bpf, proc)
 	}
 }
