@@ -101,6 +101,7 @@ enum redir_stat {
 	ST_SPLICE_STRANDED_BYTES,
 	ST_SOCK_LEFT_BULK,    /* bulk senders taken out of sock_hash */
 	ST_LEAVE_DEFERRED,    /* a leave put off: the peer was handing us a message, or ours were unread */
+	ST_PEER_LEFT,         /* peers of bulk senders taken out with them */
 	ST_MAX,
 };
 
@@ -270,6 +271,45 @@ static __always_inline long psock_queued(void *user_data)
 	return BPF_CORE_READ(ps, msg_tot_len);
 }
 
+/* take_peer_out runs once a bulk sender (key) is out of sock_hash. Its peer
+ * gains nothing from staying in: the sender redirects no more, and the
+ * peer's redirects to it fall back to TCP; but it pays on every read
+ * (tcp_bpf_recvmsg looks at its redirected queue before TCP's). So the
+ * peer is taken out too, once no redirect of the sender's is on its way to
+ * it (the sender's sk_msg no longer runs; inflight counts what it decided
+ * before) and its redirected queue is read: the TCP data behind it then
+ * comes in order. true when nothing is left to do. */
+static __always_inline bool take_peer_out(const struct sk_key *key, struct sockref *mine)
+{
+	struct sk_key peer_key;
+	struct sockref *peer;
+	struct sock *sk;
+	long queued;
+
+	peer_of(key, &peer_key);
+	peer = bpf_map_lookup_elem(&socks, &peer_key);
+	if (!peer || peer->left)
+		return true;
+	if (*(volatile __u64 *)&mine->inflight) {
+		count(ST_LEAVE_DEFERRED, 1);
+		return false;
+	}
+	sk = (void *)peer->addr;
+	queued = psock_queued(BPF_CORE_READ(sk, sk_user_data));
+	/* Read last: the memory still held the peer while we read it. */
+	if (BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) != peer->cookie)
+		return true;
+	if (queued != 0) {
+		count(ST_LEAVE_DEFERRED, 1);
+		return false;
+	}
+	if (bpf_map_delete_elem(&sock_hash, &peer_key))
+		return true; /* already out: closed */
+	peer->left = 1;
+	count(ST_PEER_LEFT, 1);
+	return true;
+}
+
 /* leave takes a bulk sender (key), which redirect_msg marked leaving so
  * that its peer redirects no more to it, out of sock_hash, so that its
  * sends stop taking the sk_msg path. It runs on an ACK of its TCP data
@@ -277,8 +317,8 @@ static __always_inline long psock_queued(void *user_data)
  * drops its psock with whatever redirected data it has not read, and a
  * message a peer is redirecting to it at that moment: so it leaves only
  * when its peer has no redirect under way (hold_peer) and its redirected
- * queue is empty; else at a later ACK. Once out, it asks for no more RTT
- * callbacks. */
+ * queue is empty; else at a later ACK. Once out, it takes its peer out
+ * (take_peer_out), then asks for no more RTT callbacks. */
 static __always_inline void leave(struct bpf_sock_ops *skops, const struct sk_key *key)
 {
 	struct sk_key peer_key;
@@ -291,7 +331,7 @@ static __always_inline void leave(struct bpf_sock_ops *skops, const struct sk_ke
 	if (!mine || !mine->leaving)
 		return;
 	if (mine->left)
-		goto done;
+		goto peer;
 	peer_of(key, &peer_key);
 	peer = bpf_map_lookup_elem(&socks, &peer_key);
 	/* leaving was set by an atomic in an earlier sk_msg run: this load
@@ -315,8 +355,10 @@ static __always_inline void leave(struct bpf_sock_ops *skops, const struct sk_ke
 		return;
 	mine->left = 1;
 	count(ST_SOCK_LEFT_BULK, 1);
-done:
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+peer:
+	/* Then its peer, at this or a later ACK; then no more callbacks. */
+	if (take_peer_out(key, mine))
+		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 SEC("sockops")

@@ -166,7 +166,7 @@ func writeRedirectStatus(w io.Writer, st *redirect.Status) error {
 	rows = append(rows,
 		[]string{"sockets added", fmt.Sprintf("%d (%d failed, %d refused while draining)", c.SocketsAdded, c.SocketAddFailed, c.NotAddedDraining)},
 		[]string{"splice readers", fmt.Sprintf("%d marked (%d failed), %d stranded with %d bytes", c.SpliceMarked, c.SpliceMarkFailed, c.SpliceStranded, c.SpliceStrandedBytes)},
-		[]string{"bulk senders", fmt.Sprintf("%d left the map (%d leaves put off)", c.SocketsLeftBulk, c.LeaveDeferred)},
+		[]string{"bulk senders", fmt.Sprintf("%d left the map, %d peers with them (%d leaves put off)", c.SocketsLeftBulk, c.PeersLeft, c.LeaveDeferred)},
 	)
 	return output.WriteTable(w, []string{"WHAT", "VALUE"}, rows)
 }

@@ -55,7 +55,8 @@ const (
 	redirectRedirStatST_SPLICE_STRANDED_BYTES   redirectRedirStat = 22
 	redirectRedirStatST_SOCK_LEFT_BULK          redirectRedirStat = 23
 	redirectRedirStatST_LEAVE_DEFERRED          redirectRedirStat = 24
-	redirectRedirStatST_MAX                     redirectRedirStat = 25
+	redirectRedirStatST_PEER_LEFT               redirectRedirStat = 25
+	redirectRedirStatST_MAX                     redirectRedirStat = 26
 )
 
 type redirectSending struct {

@@ -56,10 +56,12 @@ type Counters struct {
 	// still queued: splice cannot see those bytes (read-then-splice).
 	SpliceStranded      uint64 `json:"splice_stranded"`
 	SpliceStrandedBytes uint64 `json:"splice_stranded_bytes"`
-	// Bulk senders taken out of the map (their sends skip sk_msg), and
-	// leaves put off to a later send because the peer was handing them a
-	// message or their redirected queue was not empty.
+	// Bulk senders taken out of the map (their sends skip sk_msg), their
+	// peers taken out after them (their reads skip the redirected queue),
+	// and leaves put off to a later ACK because a message was on its way
+	// or a redirected queue was not empty.
 	SocketsLeftBulk uint64 `json:"sockets_left_bulk"`
+	PeersLeft       uint64 `json:"peers_left"`
 	LeaveDeferred   uint64 `json:"leave_deferred"`
 }
 
@@ -227,6 +229,7 @@ func (c *Counters) read(m *ebpf.Map) error {
 	c.SpliceStrandedBytes = v[redirectRedirStatST_SPLICE_STRANDED_BYTES]
 	c.SocketsLeftBulk = v[redirectRedirStatST_SOCK_LEFT_BULK]
 	c.LeaveDeferred = v[redirectRedirStatST_LEAVE_DEFERRED]
+	c.PeersLeft = v[redirectRedirStatST_PEER_LEFT]
 	return nil
 }
 

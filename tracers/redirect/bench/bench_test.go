@@ -146,8 +146,8 @@ func TestLoopbackRedirect(t *testing.T) {
 		if sent := uint64(2 * d.RoundTrips * int64(r.Size)); d.PingPongRedirectedBytes+d.PingPongPassedBytes != sent || d.PingPongRedirectedBytes < sent/2 {
 			t.Errorf("size %d ping-pong: %d redirected + %d passed bytes, want %d in all, mostly redirected", r.Size, d.PingPongRedirectedBytes, d.PingPongPassedBytes, sent)
 		}
-		if d.MsgRuns < uint64(2*d.RoundTrips) || d.MsgNsPerRun <= 0 {
-			t.Errorf("size %d: sk_msg ran %d times (%.0f ns each) for %d ping-pong sends", r.Size, d.MsgRuns, d.MsgNsPerRun, 2*d.RoundTrips)
+		if d.MsgRoundTrips == 0 || d.MsgRuns < uint64(2*d.MsgRoundTrips) || d.MsgNsPerRun <= 0 {
+			t.Errorf("size %d: sk_msg ran %d times (%.0f ns each) for %d ping-pong sends", r.Size, d.MsgRuns, d.MsgNsPerRun, 2*d.MsgRoundTrips)
 		}
 		// The writer leaves the map once it is a bulk sender: its later
 		// bytes skip sk_msg and are in neither count.

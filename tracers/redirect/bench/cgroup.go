@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -37,7 +36,6 @@ type redirector struct {
 	created bool   // cgroup is ours: remove it at the end
 	orig    string // where this process ran before
 	pins    string
-	stats   io.Closer // BPF run-time statistics, on while the benchmark runs
 }
 
 // newRedirector moves this process (all its threads) into cg, or into a
@@ -71,9 +69,6 @@ func newRedirector(cg, pins string) (*redirector, error) {
 	if err := moveTo(r.cgroup); err != nil {
 		return nil, errors.Join(err, r.close())
 	}
-	if r.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
-		return nil, errors.Join(fmt.Errorf("enable BPF statistics: %w", err), r.close())
-	}
 	return r, nil
 }
 
@@ -97,13 +92,51 @@ func (r *redirector) measure(ctx context.Context, opts Options, size int) (Figur
 		passed := after.Counters.PassedBytes - before.Counters.PassedBytes
 		if test == "stream" {
 			f.StreamRedirectedBytes, f.StreamPassedBytes = redir, passed
-			f.MsgRuns, f.MsgNsPerRun = msgStats(r.pins)
 		} else {
 			f.PingPongRedirectedBytes, f.PingPongPassedBytes = redir, passed
 		}
 		before = after
 	})
+	if err == nil && serr == nil {
+		err = r.msgCost(ctx, opts, size, &f)
+	}
 	return f, errors.Join(err, serr, r.disable())
+}
+
+// msgCost runs a ping-pong of a quarter of the duration (at least 200 ms)
+// with the kernel's BPF statistics on and fills in the sk_msg program's
+// runs and mean run time over it.
+func (r *redirector) msgCost(ctx context.Context, opts Options, size int, f *Figures) error {
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(r.pins, "msg_prog"), nil)
+	if err != nil {
+		return fmt.Errorf("open sk_msg program: %w", err)
+	}
+	defer prog.Close()
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable BPF statistics: %w", err)
+	}
+	defer stats.Close()
+	s0, err := prog.Stats()
+	if err != nil {
+		return fmt.Errorf("read sk_msg statistics: %w", err)
+	}
+	o := opts
+	o.Duration = max(opts.Duration/4, 200*time.Millisecond)
+	_, rounds, _, err := pingPong(ctx, o, size)
+	if err != nil {
+		return err
+	}
+	s1, err := prog.Stats()
+	if err != nil {
+		return fmt.Errorf("read sk_msg statistics: %w", err)
+	}
+	f.MsgRoundTrips = rounds
+	f.MsgRuns = s1.RunCount - s0.RunCount
+	if f.MsgRuns > 0 {
+		f.MsgNsPerRun = float64(s1.Runtime-s0.Runtime) / float64(f.MsgRuns)
+	}
+	return nil
 }
 
 func (r *redirector) disable() error {
@@ -113,28 +146,10 @@ func (r *redirector) disable() error {
 	return nil
 }
 
-// msgStats reads how often the sk_msg program ran since it was loaded and
-// its mean run time; zeros when unknown.
-func msgStats(pins string) (uint64, float64) {
-	prog, err := ebpf.LoadPinnedProgram(filepath.Join(pins, "msg_prog"), nil)
-	if err != nil {
-		return 0, 0
-	}
-	defer prog.Close()
-	st, err := prog.Stats()
-	if err != nil || st.RunCount == 0 {
-		return 0, 0
-	}
-	return st.RunCount, float64(st.Runtime.Nanoseconds()) / float64(st.RunCount)
-}
-
 // close disables redirect, moves this process back and removes the cgroup
 // when it created it.
 func (r *redirector) close() error {
 	errs := []error{r.disable(), moveTo(r.orig)}
-	if r.stats != nil {
-		r.stats.Close()
-	}
 	if r.created {
 		if err := os.Remove(r.cgroup); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
