@@ -83,7 +83,7 @@ func TestBenchRedirectInterrupt(t *testing.T) {
 			t.Errorf("%s left behind after Ctrl-C (%v)", p, err)
 		}
 	}
-	testutil.RequireNoOrphans(t, "redirect_sockops", "redirect_msg", "redirect_splice")
+	testutil.RequireNoOrphansBeside(t, kernel.BPFFSPath, filepath.Join(kernel.BPFFSPath, "nettrace", "bench-"+pid), "redirect_sockops", "redirect_msg", "redirect_splice", "redirect_send_done")
 }
 
 // SIGKILL leaves the redirect pinned on the benchmark's cgroup; the next
@@ -120,7 +120,7 @@ func TestBenchRedirectKilled(t *testing.T) {
 			t.Errorf("%s left behind after the next run (%v)", p, err)
 		}
 	}
-	testutil.RequireNoOrphans(t, "redirect_sockops", "redirect_msg", "redirect_splice")
+	testutil.RequireNoOrphansBeside(t, kernel.BPFFSPath, pins, "redirect_sockops", "redirect_msg", "redirect_splice", "redirect_send_done")
 }
 
 // waitRedirect waits until the benchmark of pid has redirect enabled (its

@@ -138,5 +138,5 @@ func TestRedirectCLI(t *testing.T) {
 	if ids, err := redirect.CgroupSockops(cg); err != nil || len(ids) != 0 {
 		t.Errorf("kernel lists sockops %v on %s after disable (%v)", ids, cg, err)
 	}
-	testutil.RequireNoOrphans(t, "redirect_sockops", "redirect_msg", "redirect_splice")
+	testutil.RequireNoOrphansBeside(t, kernel.BPFFSPath, pins, "redirect_sockops", "redirect_msg", "redirect_splice", "redirect_send_done")
 }

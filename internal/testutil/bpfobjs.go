@@ -57,6 +57,15 @@ func PinnedPrograms(dir, skip string) map[uint32]bool {
 	return ids
 }
 
+// RequireNoOrphansBeside is RequireNoOrphans for tests that run beside
+// other packages' tests pinning the same programs (redirect) under bpffs:
+// programs pinned there outside own, this test's pin directory, are
+// theirs and do not count; what is left under own does.
+func RequireNoOrphansBeside(t testing.TB, bpffs, own string, names ...string) {
+	t.Helper()
+	RequireNoOrphansExcept(t, PinnedPrograms(bpffs, own), names...)
+}
+
 // RequireNoOrphansExcept is RequireNoOrphans leaving out the programs in
 // except (from PinnedPrograms).
 func RequireNoOrphansExcept(t testing.TB, except map[uint32]bool, names ...string) {

@@ -88,7 +88,7 @@ func setupOpts(t *testing.T, opts Options) (*testutil.Netns, string, string) {
 		if ids, err := CgroupSockops(cg); err != nil || len(ids) != 0 {
 			t.Errorf("sockops programs left on %s after disable: %v %v", cg, ids, err)
 		}
-		testutil.RequireNoOrphans(t, "redirect_sockops", "redirect_msg", "redirect_splice")
+		testutil.RequireNoOrphansBeside(t, kernel.BPFFSPath, pins, "redirect_sockops", "redirect_msg", "redirect_splice", "redirect_send_done")
 	})
 	return ns, cg, pins
 }

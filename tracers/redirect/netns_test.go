@@ -129,7 +129,7 @@ func TestKilledEnabler(t *testing.T) {
 	if kern, err := CgroupSockops(cg); err != nil || len(kern) != 0 || len(st.Pins) != 0 || st.Enabled {
 		t.Errorf("after disable: kernel lists %v (%v), status %+v", kern, err, st)
 	}
-	testutil.RequireNoOrphans(t, "redirect_sockops", "redirect_msg", "redirect_splice")
+	testutil.RequireNoOrphansBeside(t, kernel.BPFFSPath, pins, "redirect_sockops", "redirect_msg", "redirect_splice", "redirect_send_done")
 }
 
 // TestEnablerChild is the process TestKilledEnabler kills.

@@ -71,7 +71,8 @@ func pinDir(dir string) string {
 // Supported says why this kernel cannot redirect safely, or nil. Without
 // sk_psock.msg_tot_len (Linux 6.18 has it, 6.1 does not) the unread
 // redirected bytes of a receiver cannot be bounded, so nothing would ever be
-// redirected.
+// redirected. The sk_msg program also reads the peer socket through the
+// bpf_rdonly_cast kfunc (6.2+, older than msg_tot_len).
 func Supported() error {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
@@ -81,12 +82,20 @@ func Supported() error {
 	if err := spec.TypeByName("sk_psock", &s); err != nil {
 		return fmt.Errorf("find struct sk_psock in kernel BTF: %w", err)
 	}
+	found := false
 	for _, m := range s.Members {
 		if m.Name == "msg_tot_len" {
-			return nil
+			found = true
 		}
 	}
-	return errors.New("kernel's sk_psock has no msg_tot_len: the receiver's queue of redirected data cannot be bounded (needs a newer kernel)")
+	if !found {
+		return errors.New("kernel's sk_psock has no msg_tot_len: the receiver's queue of redirected data cannot be bounded (needs a newer kernel)")
+	}
+	var fn *btf.Func
+	if err := spec.TypeByName("bpf_rdonly_cast", &fn); err != nil {
+		return errors.New("kernel has no bpf_rdonly_cast kfunc: the sk_msg program cannot read the peer socket (needs Linux 6.2 or newer)")
+	}
+	return nil
 }
 
 // canLeave says whether the kernel has the sock:sock_send_length tracepoint

@@ -115,8 +115,7 @@ func leftovers(t *testing.T, origCgroup string) {
 	// Another package's tests (tracers/redirect) may have redirect
 	// enabled under their own pin directories meanwhile.
 	ours := filepath.Join(kernel.BPFFSPath, "nettrace", pinPrefix+pid)
-	others := testutil.PinnedPrograms(kernel.BPFFSPath, ours)
-	testutil.RequireNoOrphansExcept(t, others, "redirect_sockops", "redirect_msg", "redirect_splice", "redirect_send_done")
+	testutil.RequireNoOrphansBeside(t, kernel.BPFFSPath, ours, "redirect_sockops", "redirect_msg", "redirect_splice", "redirect_send_done")
 }
 
 // With redirect: both modes measured, every byte checked, the ping-pong
