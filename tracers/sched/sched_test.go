@@ -229,8 +229,14 @@ func TestMinBlock(t *testing.T) {
 	testutil.RequireBPF(t)
 	// Ping-pong sleeps are microseconds: a 1 s minimum leaves none.
 	m := measure(t, "pingpong 2000", Options{MinBlock: time.Second})
+	// One of the two may be preempted at each wakeup instead of blocking
+	// (seen in the 6.1 VM: 2 voluntary and 2037 involuntary switches, as
+	// /proc counted them): the other then blocks at every round.
+	if max(m.bpf[0].Voluntary, m.bpf[1].Voluntary) < 100 {
+		t.Errorf("voluntary switches %d and %d: the ping-pong did not block", m.bpf[0].Voluntary, m.bpf[1].Voluntary)
+	}
 	for i := range 2 {
-		if m.bpf[i].Voluntary < 100 || m.bpf[i].OffNS != 0 {
+		if m.bpf[i].OffNS != 0 {
 			t.Errorf("thread %d: %d voluntary switches, off CPU %v with --min-block 1s", i, m.bpf[i].Voluntary, time.Duration(m.bpf[i].OffNS))
 		}
 	}
