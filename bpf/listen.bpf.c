@@ -206,8 +206,25 @@ static __always_inline struct scratch *get_scratch(void)
 	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
-static __always_inline __u32 sk_netns(const struct sock *sk)
+/* 6.2+: a typed view of a kernel pointer, for plain loads instead of
+ * probe-read calls (the verifier turns the call into a move). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* A listener's fields. Its address comes from a map, the per-CPU scratch,
+ * another object or a raw argument, so reading it takes a probe-read call
+ * (30-40 ns each in this VM) unless bpf_rdonly_cast gives a typed view,
+ * where plain loads do. t: the program type may call the kfunc (tp_btf,
+ * fentry, fexit; kprobes read with probe-read calls). Listeners are
+ * inet_connection_socks, which begin with their struct sock. */
+#define TYPED(t) ((t) && bpf_rdonly_cast)
+#define RO_ICSK(sk) ((const struct inet_connection_sock *)bpf_rdonly_cast((sk), bpf_core_type_id_kernel(struct inet_connection_sock)))
+#define RO_SK(sk) ((const struct sock *)RO_ICSK(sk))
+#define SK_READ(t, sk, field) (TYPED(t) ? RO_SK(sk)->field : BPF_CORE_READ((sk), field))
+
+static __always_inline __u32 sk_netns(const struct sock *sk, bool t)
 {
+	if (TYPED(t))
+		return RO_SK(sk)->__sk_common.skc_net.net->ns.inum;
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
@@ -216,20 +233,22 @@ static __always_inline bool netns_ok(__u32 ns)
 	return !targ_netns || ns == targ_netns;
 }
 
-static __always_inline bool is_listener(const struct sock *sk)
+static __always_inline bool is_listener(const struct sock *sk, bool t)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN;
+	return SK_READ(t, sk, __sk_common.skc_state) == TCP_LISTEN;
 }
 
-static __always_inline bool acceptq_full(const struct sock *sk)
+static __always_inline bool acceptq_full(const struct sock *sk, bool t)
 {
-	return BPF_CORE_READ(sk, sk_ack_backlog) > BPF_CORE_READ(sk, sk_max_ack_backlog);
+	return SK_READ(t, sk, sk_ack_backlog) > SK_READ(t, sk, sk_max_ack_backlog);
 }
 
-static __always_inline __u32 synq_len(const struct sock *sk)
+static __always_inline __u32 synq_len(const struct sock *sk, bool t)
 {
 	const struct inet_connection_sock *icsk = (const void *)sk;
 
+	if (TYPED(t))
+		return RO_ICSK(sk)->icsk_accept_queue.qlen.counter;
 	return BPF_CORE_READ(icsk, icsk_accept_queue.qlen.counter);
 }
 
@@ -247,7 +266,7 @@ static __always_inline struct counters *counters_of(__u64 sk)
 	return c;
 }
 
-static __always_inline void update_peak(const struct sock *sk, __u32 synq)
+static __always_inline void update_peak(const struct sock *sk, bool t)
 {
 	__u32 zero = 0, *g = bpf_map_lookup_elem(&gen, &zero);
 	struct peak_key k = { .sk = (__u64)sk };
@@ -256,8 +275,8 @@ static __always_inline void update_peak(const struct sock *sk, __u32 synq)
 	if (!g)
 		return;
 	k.gen = *g & 1;
-	np.acceptq = BPF_CORE_READ(sk, sk_ack_backlog);
-	np.synq = synq;
+	np.acceptq = SK_READ(t, sk, sk_ack_backlog);
+	np.synq = synq_len(sk, t);
 	p = bpf_map_lookup_elem(&peak_map, &k);
 	if (!p) {
 		if (!bpf_map_update_elem(&peak_map, &k, &np, BPF_NOEXIST))
@@ -332,18 +351,22 @@ static __always_inline void drop_event(const struct sock *sk, struct sk_buff *sk
 /* A SYN the listener did not admit: why. The kernel checks, in order, the
  * SYN queue (cookies or drop), then the accept queue (overflow), then the
  * remaining SYN queue room without cookies. */
-static __always_inline void syn_refused(const struct sock *sk, bool full, bool synq_full, struct sk_buff *skb)
+static __always_inline void syn_refused(const struct sock *sk, bool full, bool synq_full, struct sk_buff *skb, bool t)
 {
 	struct counters *c = counters_of((__u64)sk);
-	__u8 cookies = BPF_CORE_READ(sk, __sk_common.skc_net.net, ipv4.sysctl_tcp_syncookies);
-	__u8 kind = 0;
+	__u8 cookies, kind = 0;
+
+	if (TYPED(t))
+		cookies = RO_SK(sk)->__sk_common.skc_net.net->ipv4.sysctl_tcp_syncookies;
+	else
+		cookies = BPF_CORE_READ(sk, __sk_common.skc_net.net, ipv4.sysctl_tcp_syncookies);
 
 	if (!c)
 		return;
 	if (full) {
 		c->syn_overflows++;
 		kind = 1;
-		update_peak(sk, synq_len(sk));
+		update_peak(sk, t);
 	} else if (cookies && (cookies == 2 || synq_full)) {
 		c->cookies++;
 	} else {
@@ -354,9 +377,9 @@ static __always_inline void syn_refused(const struct sock *sk, bool full, bool s
 		drop_event(sk, skb, kind);
 }
 
-static __always_inline bool synq_is_full(const struct sock *sk)
+static __always_inline bool synq_is_full(const struct sock *sk, bool t)
 {
-	return synq_len(sk) >= BPF_CORE_READ(sk, sk_max_ack_backlog);
+	return synq_len(sk, t) >= SK_READ(t, sk, sk_max_ack_backlog);
 }
 
 /* ---- SYN: fentry tier ---- */
@@ -369,12 +392,12 @@ int BPF_PROG(syn_enter_fentry, struct request_sock_ops *rsk_ops, const void *af_
 	if (!s)
 		return 0;
 	s->syn_sk = 0;
-	if (!netns_ok(sk_netns(sk)))
+	if (!netns_ok(sk_netns(sk, true)))
 		return 0;
 	s->syn_sk = (__u64)sk;
 	s->admitted = 0;
-	s->full = acceptq_full(sk);
-	s->synq_full = synq_is_full(sk);
+	s->full = acceptq_full(sk, true);
+	s->synq_full = synq_is_full(sk, true);
 	return 0;
 }
 
@@ -393,7 +416,7 @@ int BPF_PROG(syn_admit_fentry, struct sock *sk)
 	return 0;
 }
 
-static __always_inline void syn_exit(struct sk_buff *skb)
+static __always_inline void syn_exit(struct sk_buff *skb, bool t)
 {
 	struct scratch *s = get_scratch();
 	const struct sock *sk;
@@ -407,20 +430,20 @@ static __always_inline void syn_exit(struct sk_buff *skb)
 		c = counters_of((__u64)sk);
 		if (c)
 			c->admitted++;
-		update_peak(sk, synq_len(sk));
+		update_peak(sk, t);
 		return;
 	}
 	/* The kernel checks the accept queue after our entry, without the
 	 * listener's lock: a handshake completing on another CPU meanwhile
 	 * can fill it (seen once in the 6.1 VM: an overflow counted as a SYN
 	 * drop). Full now and not at entry: it was full at the check. */
-	syn_refused(sk, s->full || acceptq_full(sk), s->synq_full, skb);
+	syn_refused(sk, s->full || acceptq_full(sk, t), s->synq_full, skb, t);
 }
 
 SEC("fexit/tcp_conn_request")
 int BPF_PROG(syn_exit_fentry, struct request_sock_ops *rsk_ops, const void *af_ops, struct sock *sk, struct sk_buff *skb)
 {
-	syn_exit(skb);
+	syn_exit(skb, true);
 	return 0;
 }
 
@@ -434,13 +457,13 @@ int BPF_KPROBE(syn_enter_kprobe, void *rsk_ops, void *af_ops, struct sock *sk, s
 	if (!s)
 		return 0;
 	s->syn_sk = 0;
-	if (!netns_ok(sk_netns(sk)))
+	if (!netns_ok(sk_netns(sk, false)))
 		return 0;
 	s->syn_sk = (__u64)sk;
 	s->syn_skb = (__u64)skb; /* the caller frees it after we return */
 	s->admitted = 0;
-	s->full = acceptq_full(sk);
-	s->synq_full = synq_is_full(sk);
+	s->full = acceptq_full(sk, false);
+	s->synq_full = synq_is_full(sk, false);
 	return 0;
 }
 
@@ -457,7 +480,7 @@ int BPF_KRETPROBE(syn_exit_kprobe)
 	struct scratch *s = get_scratch();
 
 	if (s)
-		syn_exit((struct sk_buff *)s->syn_skb);
+		syn_exit((struct sk_buff *)s->syn_skb, false);
 	return 0;
 }
 
@@ -475,10 +498,18 @@ int BPF_PROG(syn_admit_tp, struct timer_list *timer)
 	if (!reqsk_timer_fn || (__u64)timer->function != reqsk_timer_fn)
 		return 0;
 	req = container_of(timer, struct request_sock, rsk_timer);
-	if (BPF_CORE_READ_BITFIELD_PROBED(req, num_timeout))
-		return 0;
-	sk = BPF_CORE_READ(req, __req_common.skc_listener);
-	if (!sk || !netns_ok(sk_netns(sk)))
+	if (bpf_rdonly_cast) {
+		const struct request_sock *r = bpf_rdonly_cast(req, bpf_core_type_id_kernel(struct request_sock));
+
+		if (BPF_CORE_READ_BITFIELD(r, num_timeout))
+			return 0;
+		sk = r->__req_common.skc_listener;
+	} else {
+		if (BPF_CORE_READ_BITFIELD_PROBED(req, num_timeout))
+			return 0;
+		sk = BPF_CORE_READ(req, __req_common.skc_listener);
+	}
+	if (!sk || !netns_ok(sk_netns(sk, true)))
 		return 0;
 	s = get_scratch();
 	if (s) {
@@ -532,8 +563,14 @@ int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 	}
 	head = skb->head;
 	th = skb->transport_header;
-	if (bpf_probe_read_kernel(&flags, 1, head + th + 13))
+	if (bpf_rdonly_cast) {
+		/* Byte 13 of the TCP header holds the flags. */
+		const struct tcphdr *tcp = bpf_rdonly_cast(head + th, bpf_core_type_id_kernel(struct tcphdr));
+
+		flags = ((const __u8 *)tcp)[13];
+	} else if (bpf_probe_read_kernel(&flags, 1, head + th + 13)) {
 		return 0;
+	}
 	if ((flags & 0x12) != 0x02) /* SYN without ACK */
 		return 0;
 	s = get_scratch();
@@ -545,7 +582,7 @@ int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 		struct counters *c = counters_of((__u64)sk);
 		if (c)
 			c->admitted++;
-		update_peak(sk, synq_len(sk));
+		update_peak(sk, true);
 		return 0;
 	}
 	/* skb->dev is cleared by now; the input route still names the device. */
@@ -565,28 +602,28 @@ int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 	bpf_probe_read_kernel(&dport, 2, head + th + offsetof(struct tcphdr, dest));
 	port = bpf_ntohs(dport);
 	sk = find_listener(ns, port, family, &daddr);
-	if (!sk || !is_listener(sk) || BPF_CORE_READ(sk, __sk_common.skc_num) != port) {
+	if (!sk || !is_listener(sk, true) || SK_READ(true, sk, __sk_common.skc_num) != port) {
 		count_lost(LOST_UNKNOWN);
 		return 0;
 	}
-	syn_refused(sk, acceptq_full(sk), synq_is_full(sk), skb);
+	syn_refused(sk, acceptq_full(sk, true), synq_is_full(sk, true), skb, true);
 	return 0;
 }
 
 /* ---- final ACK: no child socket ---- */
 
-static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *skb)
+static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *skb, bool t)
 {
 	struct counters *c;
 
-	if (!netns_ok(sk_netns(sk)))
+	if (!netns_ok(sk_netns(sk, t)))
 		return;
 	c = counters_of((__u64)sk);
 	if (!c)
 		return;
-	if (acceptq_full(sk)) {
+	if (acceptq_full(sk, t)) {
 		c->ack_overflows++;
-		update_peak(sk, synq_len(sk));
+		update_peak(sk, t);
 		drop_event(sk, skb, 2);
 	} else {
 		c->ack_drops++;
@@ -601,7 +638,7 @@ int BPF_PROG(ack4_fexit, const struct sock *sk, struct sk_buff *skb)
 
 	bpf_get_func_ret(ctx, &ret);
 	if (!ret)
-		ack_failed(sk, skb);
+		ack_failed(sk, skb, true);
 	return 0;
 }
 
@@ -612,7 +649,7 @@ int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
 
 	bpf_get_func_ret(ctx, &ret);
 	if (!ret)
-		ack_failed(sk, skb);
+		ack_failed(sk, skb, true);
 	return 0;
 }
 
@@ -636,7 +673,7 @@ static __always_inline void ack_exit(__u64 ret)
 	sk = s->ack_sk;
 	s->ack_sk = 0;
 	if (!ret)
-		ack_failed((const struct sock *)sk, (struct sk_buff *)s->ack_skb);
+		ack_failed((const struct sock *)sk, (struct sk_buff *)s->ack_skb, false);
 }
 
 SEC("kprobe/tcp_v4_syn_recv_sock")
@@ -682,13 +719,13 @@ int ack_kfree_tp(__u64 *ctx)
 	reason = (__u32)ctx[2];
 	if (reason == reason_listen_overflow) {
 		sk = (const struct sock *)ctx[3];
-		if (!sk || !is_listener(sk) || !netns_ok(sk_netns(sk)))
+		if (!sk || !is_listener(sk, true) || !netns_ok(sk_netns(sk, true)))
 			return 0;
 		struct counters *c = counters_of((__u64)sk);
 		if (!c)
 			return 0;
 		c->ack_overflows++;
-		update_peak(sk, synq_len(sk));
+		update_peak(sk, true);
 		drop_event(sk, (struct sk_buff *)ctx[0], 2);
 		return 0;
 	}
@@ -698,8 +735,8 @@ int ack_kfree_tp(__u64 *ctx)
 	if (!((loc >= cookie4_start && loc < cookie4_end) || (loc >= cookie6_start && loc < cookie6_end)))
 		return 0;
 	sk = (const struct sock *)ctx[3];
-	if (sk && is_listener(sk))
-		ack_failed(sk, (struct sk_buff *)ctx[0]);
+	if (sk && is_listener(sk, true))
+		ack_failed(sk, (struct sk_buff *)ctx[0], true);
 	return 0;
 }
 
@@ -710,7 +747,7 @@ int BPF_PROG(synack_tp, const struct sock *sk, const struct request_sock *req)
 {
 	struct counters *c;
 
-	if (!netns_ok(sk_netns(sk)))
+	if (!netns_ok(sk_netns(sk, true)))
 		return 0;
 	c = counters_of((__u64)sk);
 	if (c)
@@ -778,9 +815,9 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 	}
 	/* A passive handshake is done: its child sits in the accept queue. */
 	const struct sock *l = find_listener(k.netns, k.port, k.family, &k.addr);
-	if (l && is_listener(l)) {
+	if (l && is_listener(l, true)) {
 		b.listener = (__u64)l;
-		update_peak(l, synq_len(l));
+		update_peak(l, true);
 	}
 	if (!timed)
 		return 0;
@@ -821,7 +858,7 @@ int BPF_PROG(accept_fexit, struct sock *sk)
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	if (ret && netns_ok(sk_netns(sk)))
+	if (ret && netns_ok(sk_netns(sk, true)))
 		accepted((__u64)sk, ret);
 	return 0;
 }
@@ -831,7 +868,7 @@ int BPF_KPROBE(accept_kprobe, struct sock *sk)
 {
 	__u64 id = bpf_get_current_pid_tgid(), skp = (__u64)sk;
 
-	if (netns_ok(sk_netns(sk)))
+	if (netns_ok(sk_netns(sk, false)))
 		bpf_map_update_elem(&accepting, &id, &skp, BPF_ANY);
 	return 0;
 }
@@ -858,10 +895,6 @@ struct sys_exit_args {
 	__u32 pad;
 	__s64 ret;
 };
-
-/* 6.2+: a typed view of a kernel pointer, for plain loads instead of
- * probe-read calls (the verifier turns the call into a move). */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 /* The socket of fd, a descriptor accept() just returned (so a socket, and
  * within the table): one probe read after the typed walk to the table,

@@ -25,7 +25,15 @@
  * when a non-blocking connect returns EINPROGRESS moves to `inflight`,
  * where the state change finds it. Only a connect that fails before
  * SYN_SENT (ENETUNREACH, EACCES, ...) resolves its fd and reads the user
- * sockaddr, at sys_exit. */
+ * sockaddr, at sys_exit.
+ *
+ * The tracepoint tier's default (state only, no syscall tracepoints) opens
+ * the attempt at CLOSE -> SYN_SENT and counts it when the socket leaves
+ * SYN_SENT. With tp_btf the attempt lives in `slots`, indexed by the
+ * socket's cookie, and only falls back to `inflight` when its slot is
+ * taken; the connecting process's name is looked up by process id when a
+ * destination first needs it (bpf_task_from_pid, 6.2+) instead of copied
+ * at every connect. */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
 #include "bpf_tracing.h"
@@ -168,6 +176,29 @@ struct {
 	__type(value, struct call);
 } calls SEC(".maps");
 
+/* The state-only tier's attempts (tp_btf), before `inflight`: a slot per
+ * socket cookie (cookie & SLOT_MASK), claimed with one compare-and-swap of
+ * the cookie. The verifier inlines the array lookup, where a hash insert
+ * and delete cost about 330 ns per connect here; an attempt whose slot is
+ * taken goes to `inflight`. Cookies are never reused. User space reads the
+ * slots through a memory mapping and frees lost ones with a
+ * compare-and-swap of the cookie. */
+#define SLOTS 4096
+#define SLOT_MASK (SLOTS - 1)
+
+struct att_slot {
+	__u64 cookie; /* 0: free */
+	struct conn conn;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__type(value, struct att_slot);
+} slots SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -209,6 +240,7 @@ struct {
 const struct event *unused_event __attribute__((unused));
 const struct proc_key *unused_proc_key __attribute__((unused));
 const struct conn *unused_conn __attribute__((unused));
+const struct att_slot *unused_slot __attribute__((unused));
 
 static const struct dest_stats zero_stats;
 
@@ -385,9 +417,33 @@ static __always_inline void emit(const struct conn *e, const struct sock *sk, in
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* 6.2+: the task of a thread group id (tracing programs). */
+extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym __weak;
+extern void bpf_task_release(struct task_struct *p) __ksym __weak;
+
+/* comm_of copies the name of process tgid (its main thread) into comm:
+ * the connecting process's, for a destination seen first at an answer
+ * that came in softirq under another task. */
+static __always_inline void comm_of(char *comm, __u32 tgid)
+{
+	struct task_struct *task;
+
+	if ((bpf_get_current_pid_tgid() >> 32) == tgid) {
+		bpf_get_current_comm(comm, 16);
+		return;
+	}
+	task = bpf_task_from_pid(tgid);
+	if (!task)
+		return;
+	bpf_probe_read_kernel(comm, 16, task->comm);
+	bpf_task_release(task);
+}
+
 /* account counts the attempt e of a connect call that returned with err
- * (positive), in the caller's context. */
-static __always_inline void account(struct conn *e, int err)
+ * (positive), in the caller's context; by_pid: e has no name, look it up
+ * by its process when a destination needs one (the state-only tier on
+ * 6.2+, which then need not copy every connecting thread's name). */
+static __always_inline void account_by(struct conn *e, int err, bool by_pid)
 {
 	struct dest_stats *s;
 
@@ -399,6 +455,8 @@ static __always_inline void account(struct conn *e, int err)
 		 * attempt kept when it opened, else the caller's (in its thread). */
 		if (!s->comm[0] && e->comm[0])
 			__builtin_memcpy(s->comm, e->comm, sizeof(s->comm));
+		else if (!s->comm[0] && by_pid)
+			comm_of(s->comm, e->tgid);
 		else if (!s->comm[0])
 			bpf_get_current_comm(s->comm, sizeof(s->comm));
 		s->connects++;
@@ -412,6 +470,11 @@ static __always_inline void account(struct conn *e, int err)
 	}
 	if (err && err != EINPROGRESS && !(e->flags & F_ERR_COUNTED))
 		count_errno(s, err);
+}
+
+static __always_inline void account(struct conn *e, int err)
+{
+	account_by(e, err, false);
 }
 
 /* finish counts a connect call that returned ret, in the caller's context,
@@ -514,16 +577,35 @@ static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
  * the connecting thread, when no connect hook is attached. */
 static __always_inline void state_syn_sent(const struct sock *sk, bool btf)
 {
-	__u64 skp = (__u64)sk;
+	__u64 skp = (__u64)sk, cookie, old;
+	struct att_slot *sl;
 	struct conn n;
+	__u32 i;
 
 	if (!pass_task() || !fill_conn(&n, sk, btf))
 		return;
 	n.flags |= F_STATE;
 	n.start = n.ts;
 	/* The answer may come in softirq, under another task: keep the
-	 * connecting task's name now. */
-	bpf_get_current_comm(n.comm, sizeof(n.comm));
+	 * connecting task's name now for events, or where the answer cannot
+	 * look it up by process (raw_tp, or no bpf_task_from_pid). Copying
+	 * it costs about 60 ns per connect here. */
+	if (events_on || !btf || !bpf_task_from_pid)
+		bpf_get_current_comm(n.comm, sizeof(n.comm));
+	if (btf) {
+		cookie = bpf_get_socket_cookie((void *)sk);
+		i = cookie & SLOT_MASK;
+		sl = bpf_map_lookup_elem(&slots, &i);
+		if (sl) {
+			/* The slot's own cookie: this socket's earlier attempt,
+			 * whose end was not seen; this one replaces it. */
+			old = __sync_val_compare_and_swap(&sl->cookie, 0, cookie);
+			if (old == 0 || old == cookie) {
+				sl->conn = n;
+				return;
+			}
+		}
+	}
 	if (bpf_map_update_elem(&inflight, &skp, &n, BPF_ANY))
 		drop(DROP_INFLIGHT);
 }
@@ -534,7 +616,7 @@ static __always_inline void state_syn_sent(const struct sock *sk, bool btf)
  * rarely, the route) failing inside connect(): EADDRNOTAVAIL; or closed
  * after the SYN with no error: its owner closed it before an answer, a
  * connect without an error, as connect() itself counts it. */
-static __always_inline void state_answer(struct conn *e, const struct sock *sk, int newstate)
+static __always_inline void state_answer(struct conn *e, const struct sock *sk, int newstate, struct att_slot *sl, bool btf)
 {
 	__u64 skp = (__u64)sk;
 	int err = 0;
@@ -544,9 +626,33 @@ static __always_inline void state_answer(struct conn *e, const struct sock *sk, 
 		if (!err && !BPF_CORE_READ((struct tcp_sock *)sk, segs_out))
 			err = EADDRNOTAVAIL;
 	}
-	account(e, err);
+	account_by(e, err, btf && bpf_task_from_pid);
 	emit(e, sk, err);
-	bpf_map_delete_elem(&inflight, &skp);
+	if (sl)
+		/* Free the slot after every read of it (a full barrier). */
+		__sync_fetch_and_and(&sl->cookie, 0);
+	else
+		bpf_map_delete_elem(&inflight, &skp);
+}
+
+/* state_slot returns sk's slot when it holds sk's attempt (tp_btf). */
+static __always_inline struct att_slot *state_slot(const struct sock *sk, bool btf)
+{
+	__u64 cookie;
+	struct att_slot *sl;
+	__u32 i;
+
+	if (!btf)
+		return NULL;
+	/* The cookie state_syn_sent had made: a plain load, not the helper. */
+	cookie = sk->__sk_common.skc_cookie.counter;
+	if (!cookie)
+		return NULL;
+	i = cookie & SLOT_MASK;
+	sl = bpf_map_lookup_elem(&slots, &i);
+	if (sl && sl->cookie == cookie)
+		return sl;
+	return NULL;
 }
 
 /* in_call_conn returns the attempt on sk that the current thread's connect
@@ -587,9 +693,15 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	if (oldstate != TCP_SYN_SENT)
 		return 0;
 	if (so && *so) {
+		struct att_slot *sl = state_slot(sk, btf);
+
+		if (sl) {
+			state_answer(&sl->conn, sk, newstate, sl, btf);
+			return 0;
+		}
 		e = bpf_map_lookup_elem(&inflight, &skp);
 		if (e && (e->flags & F_STATE))
-			state_answer(e, sk, newstate);
+			state_answer(e, sk, newstate, NULL, btf);
 		return 0;
 	}
 	e = in_call_conn(skp);

@@ -8,10 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/nettrace/nettrace/internal/attach"
 	"github.com/nettrace/nettrace/internal/hist"
@@ -370,6 +374,42 @@ func (t *Tracer) ageInflight() (uint64, error) {
 			n++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return n, fmt.Errorf("delete stale attempt: %w", err)
+		}
+	}
+	s, err := ageSlots(t.objs.Maps["slots"], now)
+	return n + s, err
+}
+
+// ageSlots frees the slots (the state-only tier's attempts) holding
+// attempts older than maxAttempt. It maps the array and frees each with a
+// compare-and-swap of its cookie: a slot freed and claimed again by the
+// kernel meanwhile keeps its new attempt.
+func ageSlots(m *ebpf.Map, now uint64) (uint64, error) {
+	const size = int(unsafe.Sizeof(portsAttSlot{}))
+	if int(m.ValueSize()) != size {
+		return 0, fmt.Errorf("read slots map: value size %d, want %d", m.ValueSize(), size)
+	}
+	length := int(m.MaxEntries()) * size
+	page := os.Getpagesize()
+	mem, err := unix.Mmap(m.FD(), 0, (length+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return 0, fmt.Errorf("map slots: %w", err)
+	}
+	defer unix.Munmap(mem)
+	slots := unsafe.Slice((*portsAttSlot)(unsafe.Pointer(&mem[0])), m.MaxEntries())
+	var n uint64
+	for i := range slots {
+		s := &slots[i]
+		cookie := atomic.LoadUint64(&s.Cookie)
+		born := atomic.LoadUint64(&s.Conn.Born)
+		if cookie == 0 || born == 0 || born >= now || now-born <= uint64(maxAttempt) {
+			continue
+		}
+		// A slot the kernel freed and claimed again between these
+		// loads, and whose new attempt had not yet written its birth,
+		// would be freed too: counted here, like every aged attempt.
+		if atomic.CompareAndSwapUint64(&s.Cookie, cookie, 0) {
+			n++
 		}
 	}
 	return n, nil

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type portsAttSlot struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Conn   portsConn
+}
+
 type portsCall struct {
 	_  structs.HostLayout
 	Sk uint64
@@ -120,6 +126,7 @@ const (
 	portsMapErrnos             = "errnos"
 	portsMapEvents             = "events"
 	portsMapInflight           = "inflight"
+	portsMapSlots              = "slots"
 	portsMapStateOnly          = "state_only"
 	portsMapSysc               = "sysc"
 	portsProgConnect4Fentry    = "connect4_fentry"
@@ -149,6 +156,7 @@ const (
 	portsVarUnusedConn         = "unused_conn"
 	portsVarUnusedEvent        = "unused_event"
 	portsVarUnusedProcKey      = "unused_proc_key"
+	portsVarUnusedSlot         = "unused_slot"
 )
 
 // loadPorts returns the embedded CollectionSpec for ports.
@@ -225,6 +233,7 @@ type portsMapSpecs struct {
 	Errnos    *ebpf.MapSpec `ebpf:"errnos"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Inflight  *ebpf.MapSpec `ebpf:"inflight"`
+	Slots     *ebpf.MapSpec `ebpf:"slots"`
 	StateOnly *ebpf.MapSpec `ebpf:"state_only"`
 	Sysc      *ebpf.MapSpec `ebpf:"sysc"`
 }
@@ -240,6 +249,7 @@ type portsVariableSpecs struct {
 	UnusedConn    *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedProcKey *ebpf.VariableSpec `ebpf:"unused_proc_key"`
+	UnusedSlot    *ebpf.VariableSpec `ebpf:"unused_slot"`
 }
 
 // portsObjects contains all objects after they have been loaded into the kernel.
@@ -268,6 +278,7 @@ type portsMaps struct {
 	Errnos    *ebpf.Map `ebpf:"errnos"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Inflight  *ebpf.Map `ebpf:"inflight"`
+	Slots     *ebpf.Map `ebpf:"slots"`
 	StateOnly *ebpf.Map `ebpf:"state_only"`
 	Sysc      *ebpf.Map `ebpf:"sysc"`
 }
@@ -280,6 +291,7 @@ func (m *portsMaps) Close() error {
 		m.Errnos,
 		m.Events,
 		m.Inflight,
+		m.Slots,
 		m.StateOnly,
 		m.Sysc,
 	)
@@ -296,6 +308,7 @@ type portsVariables struct {
 	UnusedConn    *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedProcKey *ebpf.Variable `ebpf:"unused_proc_key"`
+	UnusedSlot    *ebpf.Variable `ebpf:"unused_slot"`
 }
 
 // portsPrograms contains all programs after they have been loaded into the kernel.

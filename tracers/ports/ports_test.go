@@ -838,6 +838,17 @@ func TestAgeInflight(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Delete(fresh) })
+	// The same in the state-only tier's slots (freed through the mapping).
+	slots := tr.objs.Maps["slots"]
+	staleSlot := portsAttSlot{Cookie: stale, Conn: portsConn{Born: 1}}
+	freshSlot := portsAttSlot{Cookie: fresh, Conn: portsConn{Born: uint64(ts.Nano())}}
+	if err := slots.Put(uint32(7), staleSlot); err != nil {
+		t.Fatal(err)
+	}
+	if err := slots.Put(uint32(8), freshSlot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slots.Put(uint32(8), portsAttSlot{}) })
 	tr.lastAge = time.Time{}
 	s, err := tr.Snapshot()
 	if err != nil {
@@ -850,8 +861,15 @@ func TestAgeInflight(t *testing.T) {
 	if err := m.Lookup(fresh, &v); err != nil {
 		t.Errorf("fresh attempt aged out: %v", err)
 	}
-	if s.Drops.Inflight != 1 {
-		t.Errorf("inflight drops %d, want 1", s.Drops.Inflight)
+	var sl portsAttSlot
+	if err := slots.Lookup(uint32(7), &sl); err != nil || sl.Cookie != 0 {
+		t.Errorf("stale slot still held (cookie %#x, %v)", sl.Cookie, err)
+	}
+	if err := slots.Lookup(uint32(8), &sl); err != nil || sl.Cookie != fresh {
+		t.Errorf("fresh slot freed (cookie %#x, %v)", sl.Cookie, err)
+	}
+	if s.Drops.Inflight != 2 {
+		t.Errorf("inflight drops %d, want 2 (one attempt in the map, one in a slot)", s.Drops.Inflight)
 	}
 }
 
@@ -874,4 +892,87 @@ func preferRaw(t *testing.T) {
 		h.Alternatives = append([]attach.Alternative{first}, rest...)
 		Hooks[i] = h
 	}
+}
+
+// TestAnswerUnderAnotherTask: the first connect the tracer sees toward a
+// destination is answered in softirq under whatever task the CPU was
+// running, not in the connecting thread: its SYN is dropped (the
+// listener's accept queue is full) and the retransmit a second later is
+// answered from the timer. The row still names the connecting process (in
+// the state-only tier, looked up by its process id).
+func TestAnswerUnderAnotherTask(t *testing.T) {
+	testutil.RequireBPF(t)
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tiers(t, func(t *testing.T, tier attach.Tier) {
+		ns := testutil.NewNetns(t)
+		dst := netip.MustParseAddrPort("127.0.0.1:8084")
+		sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+		dial := func() (int, error) {
+			var fd int
+			err := ns.Do(func() error {
+				var err error
+				fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					return err
+				}
+				return unix.Connect(fd, sa)
+			})
+			return fd, err
+		}
+		var lfd int
+		ns.Do(func() error {
+			lfd, _ = testutil.Listen(t, "tcp4", dst.String(), 0) // one child fills the queue
+			return nil
+		})
+		first, err := dial() // before the tracer: the queue is full
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(first)
+		tr := newTracer(t, ns, tier)
+		retrans := func() uint64 {
+			var st map[string]map[string]uint64
+			if err := ns.Do(func() error {
+				var err error
+				st, err = settings.ReadNetstat("/proc/thread-self/net/netstat")
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			return st["TcpExt"]["TCPSynRetrans"]
+		}
+		before := retrans()
+		done := make(chan error, 1)
+		go func() {
+			fd, err := dial()
+			unix.Close(fd)
+			done <- err
+		}()
+		time.Sleep(300 * time.Millisecond) // the SYN is dropped meanwhile
+		ns.Do(func() error {
+			fd, _, err := unix.Accept(lfd)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		})
+		if err := <-done; err != nil {
+			t.Fatalf("connect after the SYN retransmit: %v", err)
+		}
+		if n := retrans() - before; n < 1 {
+			t.Fatalf("%d SYN retransmits: the connect was not answered from the timer", n)
+		}
+		f, err := tr.Frame(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := findRow(t, f, dst.String())
+		t.Logf("%s: %d connects, top %s, latency max %.0f us", dst, r.Connects, r.Process, r.LatMax)
+		if r.Connects != 1 || r.TopPID != os.Getpid() || r.TopComm != strings.TrimSpace(string(comm)) {
+			t.Errorf("%d connects, top %s; want 1 by %s[%d]", r.Connects, r.Process, strings.TrimSpace(string(comm)), os.Getpid())
+		}
+	})
 }
