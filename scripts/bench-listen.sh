@@ -11,4 +11,4 @@
 #        NETTRACE_LISTEN_TIER=kprobe scripts/bench-listen.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NETTRACE_BENCH=1 go test -count=1 -run '^TestOverhead$' ./tracers/listen -v | grep -E '^(listen overhead|connects/s|throughput|traced|program|BPF time|CPU per connect|--- FAIL|FAIL)|_test.go:[0-9]+: [^l]'
+NETTRACE_BENCH=1 go test -count=1 -run '^(TestOverhead|TestDropCost)$' ./tracers/listen -v | grep -E '^(listen overhead|drops:|connects/s|throughput|traced|program|BPF time|CPU per connect|--- FAIL|FAIL)|_test.go:[0-9]+: [^l]'

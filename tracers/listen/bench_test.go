@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/nettrace/nettrace/internal/attach"
 	"github.com/nettrace/nettrace/internal/testutil"
@@ -53,5 +57,67 @@ func TestOverhead(t *testing.T) {
 	out = append(out, o.CPUCost(per))
 	for _, l := range out {
 		fmt.Println(l)
+	}
+}
+
+// TestDropCost (NETTRACE_BENCH=1, scripts/bench-listen.sh): ack_kfree_tp
+// runs on every packet the machine drops, not only listeners' (skb:kfree_skb),
+// and in TestOverhead's load it runs only a few hundred times, cold. Here it
+// runs under a drop-heavy load instead: UDP datagrams to a closed port in a
+// fresh namespace, each dropped with NO_SOCKET, the path every drop that is
+// not a listener's takes. Tracepoint tier, where that program is the ack hook.
+func TestDropCost(t *testing.T) {
+	if os.Getenv("NETTRACE_BENCH") != "1" {
+		t.Skip("benchmark: set NETTRACE_BENCH=1 (scripts/bench-listen.sh)")
+	}
+	testutil.RequireBPF(t)
+	ns := testutil.NewNetns(t)
+	tr, err := New(Options{NetnsPath: ns.Path(), Tier: attach.Tracepoint})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	defer tr.Close()
+	p := tr.objs.Programs["ack_kfree_tp"]
+	if p == nil {
+		t.Fatal("no ack_kfree_tp program")
+	}
+	st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatalf("enable BPF statistics: %v", err)
+	}
+	defer st.Close()
+	s0, err := p.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent uint64
+	if err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		to := &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
+		buf := make([]byte, 64)
+		for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+			if unix.Sendto(fd, buf, 0, to) == nil {
+				sent++
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s1, err := p.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := s1.RunCount - s0.RunCount
+	l := fmt.Sprintf("drops: %d UDP datagrams to a closed port, ack_kfree_tp runs %d, %.0f ns/run",
+		sent, runs, float64((s1.Runtime-s0.Runtime).Nanoseconds())/float64(runs))
+	t.Log(l)
+	fmt.Println(l)
+	if runs < sent {
+		t.Errorf("ack_kfree_tp ran %d times for %d dropped datagrams", runs, sent)
 	}
 }
