@@ -178,8 +178,8 @@ struct {
 
 /* The state-only tier's attempts (tp_btf), before `inflight`: a slot per
  * socket cookie (cookie & SLOT_MASK), claimed with one compare-and-swap of
- * the cookie. The verifier inlines the array lookup, where a hash insert
- * and delete cost about 330 ns per connect here; an attempt whose slot is
+ * the cookie. The verifier inlines the array lookup, where the hash's
+ * insert, lookup and delete cost about 350 ns per connect here; an attempt whose slot is
  * taken goes to `inflight`. Cookies are never reused. User space reads the
  * slots through a memory mapping and frees lost ones with a
  * compare-and-swap of the cookie. */
@@ -443,7 +443,7 @@ static __always_inline void comm_of(char *comm, __u32 tgid)
  * (positive), in the caller's context; by_pid: e has no name, look it up
  * by its process when a destination needs one (the state-only tier on
  * 6.2+, which then need not copy every connecting thread's name). */
-static __always_inline void account_by(struct conn *e, int err, bool by_pid)
+static __always_inline void account(struct conn *e, int err, bool by_pid)
 {
 	struct dest_stats *s;
 
@@ -472,11 +472,6 @@ static __always_inline void account_by(struct conn *e, int err, bool by_pid)
 		count_errno(s, err);
 }
 
-static __always_inline void account(struct conn *e, int err)
-{
-	account_by(e, err, false);
-}
-
 /* finish counts a connect call that returned ret, in the caller's context,
  * for an attempt in `inflight`. */
 static __always_inline int finish(__u64 skp, long ret)
@@ -494,7 +489,7 @@ static __always_inline int finish(__u64 skp, long ret)
 		bpf_map_delete_elem(&inflight, &skp);
 		return 0;
 	}
-	account(e, err);
+	account(e, err, false);
 	if (err == 0 || err == EINPROGRESS) {
 		/* Exactly one of this and the state change sees the other's
 		 * flag; F_DONE, once set, is final (no atomic needed then). */
@@ -626,7 +621,7 @@ static __always_inline void state_answer(struct conn *e, const struct sock *sk, 
 		if (!err && !BPF_CORE_READ((struct tcp_sock *)sk, segs_out))
 			err = EADDRNOTAVAIL;
 	}
-	account_by(e, err, btf && bpf_task_from_pid);
+	account(e, err, btf && bpf_task_from_pid);
 	emit(e, sk, err);
 	if (sl)
 		/* Free the slot after every read of it (a full barrier). */
@@ -1023,7 +1018,7 @@ static __always_inline int sys_finish(struct sysc *c, long ret)
 	c->sk = 0;
 	if (err == EALREADY || err == EISCONN)
 		return 0; /* not a new attempt */
-	account(e, err);
+	account(e, err, false);
 	if (err != EINPROGRESS || (e->flags & F_DONE)) {
 		/* The outcome is known: the call's error, or the state change
 		 * seen in this thread (EINPROGRESS on loopback), or success. */
