@@ -85,7 +85,7 @@ struct scratch {
 	__u32 admitted;
 	__u32 full;     /* accept queue full at tcp_conn_request entry */
 	__u32 synq_full;
-	__u32 pad;
+	__u32 ack_full; /* accept queue full at syn_recv_sock entry (kprobe) */
 };
 
 enum lost_idx {
@@ -612,7 +612,11 @@ int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 
 /* ---- final ACK: no child socket ---- */
 
-static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *skb, bool t)
+/* A final ACK that made no child. The kernel checks the accept queue
+ * first thing, without the listener's lock: an accept() on another CPU can
+ * drain it before our exit program looks. full: it was full at entry (the
+ * kprobe tier keeps that reading; fexit has none). */
+static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *skb, bool full, bool t)
 {
 	struct counters *c;
 
@@ -621,7 +625,7 @@ static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *sk
 	c = counters_of((__u64)sk);
 	if (!c)
 		return;
-	if (acceptq_full(sk, t)) {
+	if (full || acceptq_full(sk, t)) {
 		c->ack_overflows++;
 		update_peak(sk, t);
 		drop_event(sk, skb, 2);
@@ -638,7 +642,7 @@ int BPF_PROG(ack4_fexit, const struct sock *sk, struct sk_buff *skb)
 
 	bpf_get_func_ret(ctx, &ret);
 	if (!ret)
-		ack_failed(sk, skb, true);
+		ack_failed(sk, skb, false, true);
 	return 0;
 }
 
@@ -649,7 +653,7 @@ int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
 
 	bpf_get_func_ret(ctx, &ret);
 	if (!ret)
-		ack_failed(sk, skb, true);
+		ack_failed(sk, skb, false, true);
 	return 0;
 }
 
@@ -660,6 +664,7 @@ static __always_inline void ack_enter(const struct sock *sk, struct sk_buff *skb
 	if (s) {
 		s->ack_sk = (__u64)sk;
 		s->ack_skb = (__u64)skb;
+		s->ack_full = acceptq_full(sk, false);
 	}
 }
 
@@ -673,7 +678,7 @@ static __always_inline void ack_exit(__u64 ret)
 	sk = s->ack_sk;
 	s->ack_sk = 0;
 	if (!ret)
-		ack_failed((const struct sock *)sk, (struct sk_buff *)s->ack_skb, false);
+		ack_failed((const struct sock *)sk, (struct sk_buff *)s->ack_skb, s->ack_full, false);
 }
 
 SEC("kprobe/tcp_v4_syn_recv_sock")
@@ -736,7 +741,7 @@ int ack_kfree_tp(__u64 *ctx)
 		return 0;
 	sk = (const struct sock *)ctx[3];
 	if (sk && is_listener(sk, true))
-		ack_failed(sk, (struct sk_buff *)ctx[0], true);
+		ack_failed(sk, (struct sk_buff *)ctx[0], false, true);
 	return 0;
 }
 

@@ -69,7 +69,7 @@ type listenScratch struct {
 	Admitted uint32
 	Full     uint32
 	SynqFull uint32
-	Pad      uint32
+	AckFull  uint32
 }
 
 // Names of all BPF objects in the ELF.
