@@ -86,6 +86,8 @@ struct scratch {
 	__u32 full;     /* accept queue full at tcp_conn_request entry */
 	__u32 synq_full;
 	__u32 ack_full; /* accept queue full at syn_recv_sock entry (kprobe) */
+	__u32 cookie;   /* the current SYN was answered with a cookie (cookie hook) */
+	__u32 pad;
 };
 
 enum lost_idx {
@@ -177,6 +179,16 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } accept_off SEC(".maps");
+
+/* Set by user space when the cookie hook attached (fentry or kprobe on
+ * cookie_v4/v6_init_sequence): a refused SYN is then told from a cookie
+ * by the kernel's own call, not by the queues. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cookie_on SEC(".maps");
 
 /* Peak generation: user space flips it, then reads and deletes the old one. */
 struct {
@@ -350,8 +362,13 @@ static __always_inline void drop_event(const struct sock *sk, struct sk_buff *sk
 
 /* A SYN the listener did not admit: why. The kernel checks, in order, the
  * SYN queue (cookies or drop), then the accept queue (overflow), then the
- * remaining SYN queue room without cookies. */
-static __always_inline void syn_refused(const struct sock *sk, bool full, bool synq_full, struct sk_buff *skb, bool t)
+ * remaining SYN queue room without cookies. cookie: the cookie hook saw a
+ * cookie sent (1) or none (0) for this SYN; -1 where it is not attached.
+ * With cookies on, a SYN queue that is full leads to a cookie, so a SYN
+ * refused without one overflowed the accept queue: the queue readings
+ * around the kernel's lock-free check (entry and exit) are needed only
+ * without that hook, or with cookies off. */
+static __always_inline void syn_refused(const struct sock *sk, bool full, bool synq_full, struct sk_buff *skb, bool t, int cookie)
 {
 	struct counters *c = counters_of((__u64)sk);
 	__u8 cookies, kind = 0;
@@ -360,14 +377,15 @@ static __always_inline void syn_refused(const struct sock *sk, bool full, bool s
 		cookies = RO_SK(sk)->__sk_common.skc_net.net->ipv4.sysctl_tcp_syncookies;
 	else
 		cookies = BPF_CORE_READ(sk, __sk_common.skc_net.net, ipv4.sysctl_tcp_syncookies);
-
 	if (!c)
 		return;
-	if (full) {
+	if (cookie == 1) {
+		c->cookies++;
+	} else if (full || (cookie == 0 && cookies)) {
 		c->syn_overflows++;
 		kind = 1;
 		update_peak(sk, t);
-	} else if (cookies && (cookies == 2 || synq_full)) {
+	} else if (cookie < 0 && cookies && (cookies == 2 || synq_full)) {
 		c->cookies++;
 	} else {
 		c->syn_drops++;
@@ -385,7 +403,7 @@ static __always_inline bool synq_is_full(const struct sock *sk, bool t)
 /* ---- SYN: fentry tier ---- */
 
 SEC("fentry/tcp_conn_request")
-int BPF_PROG(syn_enter_fentry, struct request_sock_ops *rsk_ops, const void *af_ops, struct sock *sk)
+int BPF_PROG(syn_enter_fentry, struct request_sock_ops *rsk_ops, const void *af_ops, struct sock *sk, struct sk_buff *skb)
 {
 	struct scratch *s = get_scratch();
 
@@ -395,7 +413,9 @@ int BPF_PROG(syn_enter_fentry, struct request_sock_ops *rsk_ops, const void *af_
 	if (!netns_ok(sk_netns(sk, true)))
 		return 0;
 	s->syn_sk = (__u64)sk;
+	s->syn_skb = (__u64)skb;
 	s->admitted = 0;
+	s->cookie = 0;
 	s->full = acceptq_full(sk, true);
 	s->synq_full = synq_is_full(sk, true);
 	return 0;
@@ -436,8 +456,12 @@ static __always_inline void syn_exit(struct sk_buff *skb, bool t)
 	/* The kernel checks the accept queue after our entry, without the
 	 * listener's lock: a handshake completing on another CPU meanwhile
 	 * can fill it (seen once in the 6.1 VM: an overflow counted as a SYN
-	 * drop). Full now and not at entry: it was full at the check. */
-	syn_refused(sk, s->full || acceptq_full(sk, t), s->synq_full, skb, t);
+	 * drop), and one doing so after the check makes it full at exit for
+	 * a SYN answered with a cookie (seen too). The cookie hook settles
+	 * both where cookies are on; else full at entry or exit counts. */
+	__u32 zero = 0, *on = bpf_map_lookup_elem(&cookie_on, &zero);
+
+	syn_refused(sk, s->full || acceptq_full(sk, t), s->synq_full, skb, t, on && *on ? (int)s->cookie : -1);
 }
 
 SEC("fexit/tcp_conn_request")
@@ -462,6 +486,7 @@ int BPF_KPROBE(syn_enter_kprobe, void *rsk_ops, void *af_ops, struct sock *sk, s
 	s->syn_sk = (__u64)sk;
 	s->syn_skb = (__u64)skb; /* the caller frees it after we return */
 	s->admitted = 0;
+	s->cookie = 0;
 	s->full = acceptq_full(sk, false);
 	s->synq_full = synq_is_full(sk, false);
 	return 0;
@@ -481,6 +506,45 @@ int BPF_KRETPROBE(syn_exit_kprobe)
 
 	if (s)
 		syn_exit((struct sk_buff *)s->syn_skb, false);
+	return 0;
+}
+
+/* ---- SYN answered with a cookie (fentry, kprobe) ---- */
+
+/* The cookie of the SYN that tcp_conn_request is processing on this CPU. */
+static __always_inline void on_cookie(const struct sk_buff *skb)
+{
+	struct scratch *s = get_scratch();
+
+	if (s && s->syn_sk && s->syn_skb == (__u64)skb)
+		s->cookie = 1;
+}
+
+SEC("fentry/cookie_v4_init_sequence")
+int BPF_PROG(cookie4_fentry, const struct sk_buff *skb)
+{
+	on_cookie(skb);
+	return 0;
+}
+
+SEC("fentry/cookie_v6_init_sequence")
+int BPF_PROG(cookie6_fentry, const struct sk_buff *skb)
+{
+	on_cookie(skb);
+	return 0;
+}
+
+SEC("kprobe/cookie_v4_init_sequence")
+int BPF_KPROBE(cookie4_kprobe, const struct sk_buff *skb)
+{
+	on_cookie(skb);
+	return 0;
+}
+
+SEC("kprobe/cookie_v6_init_sequence")
+int BPF_KPROBE(cookie6_kprobe, const struct sk_buff *skb)
+{
+	on_cookie(skb);
 	return 0;
 }
 
@@ -606,7 +670,7 @@ int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 		count_lost(LOST_UNKNOWN);
 		return 0;
 	}
-	syn_refused(sk, acceptq_full(sk, true), synq_is_full(sk, true), skb, true);
+	syn_refused(sk, acceptq_full(sk, true), synq_is_full(sk, true), skb, true, -1);
 	return 0;
 }
 

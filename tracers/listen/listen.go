@@ -31,6 +31,15 @@ var Hooks = []attach.Hook{
 		{Tier: attach.Tracepoint, Programs: []string{"syn_consume_tp", "syn_admit_tp"},
 			GivesUp: "listeners found by port from the socket table; SYN drops classified by the queues as they are just after the decision; runs on every consumed skb and timer start"},
 	}},
+	// A SYN answered with a cookie, seen where the kernel makes it: with
+	// it, a SYN refused without a cookie (cookies on) is an overflow, not
+	// a guess from the queues read around the kernel's lock-free check.
+	{Name: "cookie", Alternatives: []attach.Alternative{
+		{Tier: attach.Fentry, Programs: []string{"cookie4_fentry", "cookie6_fentry"}},
+		{Tier: attach.Kprobe, Programs: []string{"cookie4_kprobe", "cookie6_kprobe"}},
+		{Tier: attach.Tracepoint,
+			GivesUp: "cookies told from overflows by the queues around the kernel's check (the tracepoint tier's syn hook does so anyway)"},
+	}},
 	{Name: "ack", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"ack4_fexit", "ack6_fexit"}},
 		{Tier: attach.Kprobe, Programs: []string{"ack4_kprobe", "ack4_kretprobe", "ack6_kprobe", "ack6_kretprobe"},
@@ -143,6 +152,11 @@ func New(opts Options) (_ *Tracer, err error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if c, ok := t.objs.Choice("cookie"); ok && c.Method != "none" {
+		if err := t.objs.Maps["cookie_on"].Update(uint32(0), uint32(1), ebpf.UpdateAny); err != nil {
+			return nil, fmt.Errorf("turn the cookie hook on: %w", err)
+		}
 	}
 	if !t.AcceptTimed() {
 		if err := t.objs.Maps["accept_off"].Update(uint32(0), uint32(1), ebpf.UpdateAny); err != nil {

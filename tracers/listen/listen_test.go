@@ -363,3 +363,52 @@ func TestSlowAccept(t *testing.T) {
 		t.Errorf("overflows %d + unattributed %d != namespace ListenOverflows %d", total, unattributed, totalNS)
 	}
 }
+
+// TestCookies: with tcp_syncookies=2 every SYN is answered with a cookie
+// (no request socket). The listener's cookies must equal the namespace's
+// SyncookiesSent, with no overflow and no SYN drop: in the fentry and kprobe
+// tiers the kernel's cookie_v4_init_sequence says so; in the tracepoint tier
+// the setting itself does.
+func TestCookies(t *testing.T) {
+	testutil.RequireBPF(t)
+	for _, tier := range tiers(t) {
+		t.Run(string(tier), func(t *testing.T) {
+			ns := testutil.NewNetns(t)
+			ns.SetSysctl(t, "net.ipv4.tcp_syncookies", "2")
+			var port int
+			ns.Do(func() error {
+				var fd int
+				fd, port = testutil.Listen(t, "tcp4", "127.0.0.1:0", 128)
+				testutil.Accept(t, fd, false)
+				return nil
+			})
+			tr, err := New(Options{NetnsPath: ns.Path(), Tier: tier})
+			if err != nil {
+				t.Fatalf("%+v", err)
+			}
+			defer tr.Close()
+			var ok, failed int
+			ns.Do(func() error {
+				ok, failed = testutil.ConnectN(t, testutil.Addr("127.0.0.1", port), 50)
+				return nil
+			})
+			s, err := tr.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := find(s, port)
+			if l == nil {
+				t.Fatalf("listener missing from %+v", s.Listeners)
+			}
+			sent := s.Netstat["SyncookiesSent"]
+			t.Logf("tiers %v: clients %d ok %d failed; cookies %d, namespace SyncookiesSent %d; overflows %d, syn drops %d, admitted %d",
+				tr.objs.Tiers(), ok, failed, l.Cookies, sent, l.Overflows(), l.SynDrops, l.Admitted)
+			if ok != 50 || sent < 50 {
+				t.Fatalf("clients %d of 50 connected, %d cookies sent: the test did not make cookies", ok, sent)
+			}
+			if l.Cookies != sent || l.Overflows() != 0 || l.SynDrops != 0 {
+				t.Errorf("cookies %d (namespace %d), overflows %d, syn drops %d; want all cookies", l.Cookies, sent, l.Overflows(), l.SynDrops)
+			}
+		})
+	}
+}

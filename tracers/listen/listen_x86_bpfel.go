@@ -70,6 +70,8 @@ type listenScratch struct {
 	Full     uint32
 	SynqFull uint32
 	AckFull  uint32
+	Cookie   uint32
+	Pad      uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -79,6 +81,7 @@ const (
 	listenMapAcceptOff            = "accept_off"
 	listenMapAccepting            = "accepting"
 	listenMapBorn                 = "born"
+	listenMapCookieOn             = "cookie_on"
 	listenMapEvents               = "events"
 	listenMapGen                  = "gen"
 	listenMapListeners            = "listeners"
@@ -98,6 +101,10 @@ const (
 	listenProgAck6Kprobe          = "ack6_kprobe"
 	listenProgAck6Kretprobe       = "ack6_kretprobe"
 	listenProgAckKfreeTp          = "ack_kfree_tp"
+	listenProgCookie4Fentry       = "cookie4_fentry"
+	listenProgCookie4Kprobe       = "cookie4_kprobe"
+	listenProgCookie6Fentry       = "cookie6_fentry"
+	listenProgCookie6Kprobe       = "cookie6_kprobe"
 	listenProgStateTp             = "state_tp"
 	listenProgSynAdmitFentry      = "syn_admit_fentry"
 	listenProgSynAdmitKprobe      = "syn_admit_kprobe"
@@ -178,6 +185,10 @@ type listenProgramSpecs struct {
 	Ack6Kprobe      *ebpf.ProgramSpec `ebpf:"ack6_kprobe"`
 	Ack6Kretprobe   *ebpf.ProgramSpec `ebpf:"ack6_kretprobe"`
 	AckKfreeTp      *ebpf.ProgramSpec `ebpf:"ack_kfree_tp"`
+	Cookie4Fentry   *ebpf.ProgramSpec `ebpf:"cookie4_fentry"`
+	Cookie4Kprobe   *ebpf.ProgramSpec `ebpf:"cookie4_kprobe"`
+	Cookie6Fentry   *ebpf.ProgramSpec `ebpf:"cookie6_fentry"`
+	Cookie6Kprobe   *ebpf.ProgramSpec `ebpf:"cookie6_kprobe"`
 	StateTp         *ebpf.ProgramSpec `ebpf:"state_tp"`
 	SynAdmitFentry  *ebpf.ProgramSpec `ebpf:"syn_admit_fentry"`
 	SynAdmitKprobe  *ebpf.ProgramSpec `ebpf:"syn_admit_kprobe"`
@@ -197,6 +208,7 @@ type listenMapSpecs struct {
 	AcceptOff *ebpf.MapSpec `ebpf:"accept_off"`
 	Accepting *ebpf.MapSpec `ebpf:"accepting"`
 	Born      *ebpf.MapSpec `ebpf:"born"`
+	CookieOn  *ebpf.MapSpec `ebpf:"cookie_on"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Gen       *ebpf.MapSpec `ebpf:"gen"`
 	Listeners *ebpf.MapSpec `ebpf:"listeners"`
@@ -249,6 +261,7 @@ type listenMaps struct {
 	AcceptOff *ebpf.Map `ebpf:"accept_off"`
 	Accepting *ebpf.Map `ebpf:"accepting"`
 	Born      *ebpf.Map `ebpf:"born"`
+	CookieOn  *ebpf.Map `ebpf:"cookie_on"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Gen       *ebpf.Map `ebpf:"gen"`
 	Listeners *ebpf.Map `ebpf:"listeners"`
@@ -263,6 +276,7 @@ func (m *listenMaps) Close() error {
 		m.AcceptOff,
 		m.Accepting,
 		m.Born,
+		m.CookieOn,
 		m.Events,
 		m.Gen,
 		m.Listeners,
@@ -309,6 +323,10 @@ type listenPrograms struct {
 	Ack6Kprobe      *ebpf.Program `ebpf:"ack6_kprobe"`
 	Ack6Kretprobe   *ebpf.Program `ebpf:"ack6_kretprobe"`
 	AckKfreeTp      *ebpf.Program `ebpf:"ack_kfree_tp"`
+	Cookie4Fentry   *ebpf.Program `ebpf:"cookie4_fentry"`
+	Cookie4Kprobe   *ebpf.Program `ebpf:"cookie4_kprobe"`
+	Cookie6Fentry   *ebpf.Program `ebpf:"cookie6_fentry"`
+	Cookie6Kprobe   *ebpf.Program `ebpf:"cookie6_kprobe"`
 	StateTp         *ebpf.Program `ebpf:"state_tp"`
 	SynAdmitFentry  *ebpf.Program `ebpf:"syn_admit_fentry"`
 	SynAdmitKprobe  *ebpf.Program `ebpf:"syn_admit_kprobe"`
@@ -335,6 +353,10 @@ func (p *listenPrograms) Close() error {
 		p.Ack6Kprobe,
 		p.Ack6Kretprobe,
 		p.AckKfreeTp,
+		p.Cookie4Fentry,
+		p.Cookie4Kprobe,
+		p.Cookie6Fentry,
+		p.Cookie6Kprobe,
 		p.StateTp,
 		p.SynAdmitFentry,
 		p.SynAdmitKprobe,
