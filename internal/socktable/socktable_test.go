@@ -26,6 +26,7 @@ func TestMatchesProcNetTCP(t *testing.T) {
 	defer tab.Close()
 
 	ns := testutil.NewNetns(t)
+	ns.KeepTimeWait(t) // the TIME_WAIT count below is one per connection
 	var stuckPort, stuck6Port, openPort int
 	var held []net.Conn
 	t.Cleanup(func() {
