@@ -32,7 +32,7 @@ vmlinux:
 test:
 	$(GO) test -count=1 $(PKGS)
 
-## vmtest: the same tests inside Debian's 6.1 kernel under qemu (fentry and kprobe tiers)
+## vmtest: the same tests inside Debian's cloud kernels under qemu (VMTEST_KERNELS: 5.10 6.1 6.12; fentry and kprobe tiers)
 vmtest:
 	scripts/vmtest.sh
 

@@ -657,6 +657,38 @@ struct splice_args {
 	__u64 flags;
 };
 
+/* loopback_tcp returns the socket of file f when it is a loopback TCP
+ * socket, with its sock_hash key in *key; NULL otherwise. */
+static __always_inline struct sock *loopback_tcp(struct file *f, struct sk_key *key)
+{
+	struct socket *sock;
+	struct sock *sk;
+	__u16 family;
+
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == AF_INET) {
+		set_v4(key->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		set_v4(key->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&key->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&key->raddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		return NULL;
+	}
+	if (!is_loopback(key->laddr) || !is_loopback(key->raddr))
+		return NULL;
+	key->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, net_cookie);
+	key->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	key->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return sk;
+}
+
 /* redirect_splice marks a loopback TCP socket that splice(2) reads from:
  * splice cannot see redirected data, so nothing is redirected to it again. */
 SEC("tracepoint/syscalls/sys_enter_splice")
@@ -665,10 +697,8 @@ int redirect_splice(struct splice_args *ctx)
 	struct task_struct *task = (void *)bpf_get_current_task();
 	struct sk_key key = {};
 	struct file **fdarr, *f;
-	struct socket *sock;
 	struct sock *sk;
 	unsigned int fd = ctx->fd_in, max;
-	__u16 family;
 	__u8 one = 1;
 	long queued;
 
@@ -678,27 +708,9 @@ int redirect_splice(struct splice_args *ctx)
 	fdarr = BPF_CORE_READ(task, files, fdt, fd);
 	if (bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]) || !f)
 		return 0;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	sk = loopback_tcp(f, &key);
+	if (!sk)
 		return 0;
-	sock = BPF_CORE_READ(f, private_data);
-	sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family == AF_INET) {
-		set_v4(key.laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		set_v4(key.raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-	} else if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&key.laddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(&key.raddr, sk, __sk_common.skc_v6_daddr);
-	} else {
-		return 0;
-	}
-	if (!is_loopback(key.laddr) || !is_loopback(key.raddr))
-		return 0;
-	key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, net_cookie);
-	key.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	key.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (bpf_map_update_elem(&spliced, &key, &one, BPF_ANY))
 		count(ST_SPLICE_MARK_FAILED, 1);
 	else
@@ -711,23 +723,54 @@ int redirect_splice(struct splice_args *ctx)
 	return 0;
 }
 
+/* pending_write writes socket sk's record (key, unread redirected bytes,
+ * state, cookie) to the iterator's output. */
+static __always_inline void pending_write(struct seq_file *seq, struct sock *sk, const struct sk_key *key)
+{
+	struct pending_rec r = {};
+	long queued;
+
+	r.key = *key;
+	queued = psock_queued(BPF_CORE_READ(sk, sk_user_data));
+	r.queued = queued < 0 ? ~0U : queued;
+	r.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	r.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	bpf_seq_write(seq, &r, sizeof(r));
+}
+
 /* redirect_pending reports each socket in sock_hash with its unread
  * redirected bytes: disable waits for them to drain. */
 SEC("iter/sockmap")
 int redirect_pending(struct bpf_iter__sockmap *ctx)
 {
-	struct sock *sk = ctx->sk;
-	struct pending_rec r = {};
-	long queued;
+	struct sk_key key;
 
-	if (!sk || !ctx->key)
+	if (!ctx->sk || !ctx->key)
 		return 0;
-	bpf_probe_read_kernel(&r.key, sizeof(r.key), ctx->key);
-	queued = psock_queued(BPF_CORE_READ(sk, sk_user_data));
-	r.queued = queued < 0 ? ~0U : queued;
-	r.state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	r.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	bpf_probe_read_kernel(&key, sizeof(key), ctx->key);
+	pending_write(ctx->meta->seq, ctx->sk, &key);
+	return 0;
+}
+
+/* redirect_pending_files reports every loopback TCP socket a task holds
+ * open that has a psock (some socket map holds it), once per file
+ * descriptor: the same records from the tasks' files, for kernels that
+ * refuse map iterators. User space keeps those of sock_hash's sockets, by
+ * cookie. */
+SEC("iter/task_file")
+int redirect_pending_files(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	struct sk_key key = {};
+	struct sock *sk;
+
+	if (!file)
+		return 0;
+	barrier_var(file);
+	sk = loopback_tcp(file, &key);
+	if (!sk || !BPF_CORE_READ(sk, sk_user_data))
+		return 0;
+	pending_write(ctx->meta->seq, sk, &key);
 	return 0;
 }
 

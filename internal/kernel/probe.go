@@ -62,7 +62,7 @@ func Probes() []Probe {
 	add("bpf_stats", "per-program run time statistics (bpf_stats)", ProbeBPFStats)
 	add("lockdown", "kernel lockdown mode allows tracing", ProbeLockdown)
 	add("kallsyms", "kernel symbol addresses readable (/proc/kallsyms)", ProbeKallsyms)
-	return out
+	return append(out, FeatureProbes()...)
 }
 
 var retZero = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -51,5 +52,36 @@ func TestResolveSuffixed(t *testing.T) {
 	}
 	if _, err := k.Resolve("nope"); err == nil {
 		t.Error("Resolve(nope) succeeded")
+	}
+}
+
+// TestFeaturesSince checks each feature's oldest kernel against the
+// running one: in the VM (stock Debian kernels 5.10, 6.1, 6.12) a feature
+// must be there exactly when the kernel is at least as new as Since says.
+func TestFeaturesSince(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (CAP_BPF, CAP_PERFMON)")
+		}
+		t.Skip("needs root (CAP_BPF, CAP_PERFMON): run as root")
+	}
+	release, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ver := strings.TrimSpace(string(release))
+	if i := strings.IndexAny(ver, "-+"); i >= 0 {
+		ver = ver[:i]
+	}
+	stock := os.Getenv("NETTRACE_VMTEST") == "1"
+	for _, f := range Features {
+		want := compareVersions(ver, f.Since) >= 0
+		t.Logf("%-18s since %-5s has=%-5v %v", f.Name, f.Since, f.Has(), f.Err())
+		if stock && f.Has() != want {
+			t.Errorf("kernel %s: %s available=%v, but it is %s+ (%v)", ver, f.Name, f.Has(), f.Since, f.Err())
+		}
+	}
+	if !stock {
+		t.Log("not a stock kernel (NETTRACE_VMTEST unset): availability logged, not checked against Since")
 	}
 }

@@ -220,3 +220,43 @@ func readStream(r io.Reader, seed byte, size int) (int64, error) {
 		}
 	}
 }
+
+// samePending checks that the two ways of listing the map's sockets with
+// their queues agree: the iter/sockmap program, and the walk of the tasks'
+// files that kernels refusing map iterators use.
+func samePending(t *testing.T, pins string) {
+	t.Helper()
+	maps, err := openMaps(pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeMaps(maps)
+	files, err := pendingFromFiles(maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !kernel.MapIter.Has() {
+		t.Logf("map iterators refused here (%v): only the files walk is checked", kernel.MapIter.Err())
+		return
+	}
+	iter, err := readPending(maps, "redirect_pending", maps["sock_hash"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	byCookie := func(recs []redirectPendingRec) map[uint64]redirectPendingRec {
+		m := map[uint64]redirectPendingRec{}
+		for _, r := range recs {
+			m[r.Cookie] = r
+		}
+		return m
+	}
+	a, b := byCookie(iter), byCookie(files)
+	if len(a) != len(iter) || len(a) != len(b) {
+		t.Errorf("iter/sockmap lists %d sockets (%d records), the files walk %d", len(a), len(iter), len(b))
+	}
+	for c, r := range a {
+		if f, ok := b[c]; !ok || f.Key != r.Key || f.Queued != r.Queued {
+			t.Errorf("socket cookie %d: iter/sockmap %+v, files walk %+v (found %v)", c, r, f, ok)
+		}
+	}
+}

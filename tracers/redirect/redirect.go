@@ -189,6 +189,9 @@ func Enable(opts Options) (err error) {
 	if !leave {
 		delete(spec.Programs, "redirect_send_done")
 	}
+	// The iterators are loaded when status and disable read them.
+	delete(spec.Programs, "redirect_pending")
+	delete(spec.Programs, "redirect_pending_files")
 	for _, name := range mapNames {
 		spec.Maps[name].Pinning = ebpf.PinByName
 	}

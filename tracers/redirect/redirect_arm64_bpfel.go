@@ -91,25 +91,26 @@ type redirectSockref struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	redirectMapSending           = "sending"
-	redirectMapSettings          = "settings"
-	redirectMapSockHash          = "sock_hash"
-	redirectMapSocks             = "socks"
-	redirectMapSpliced           = "spliced"
-	redirectMapStats             = "stats"
-	redirectProgRedirectMsg      = "redirect_msg"
-	redirectProgRedirectPending  = "redirect_pending"
-	redirectProgRedirectSendDone = "redirect_send_done"
-	redirectProgRedirectSockops  = "redirect_sockops"
-	redirectProgRedirectSplice   = "redirect_splice"
-	redirectVarBulkBytes         = "bulk_bytes"
-	redirectVarHasComm           = "has_comm"
-	redirectVarLeaveBulk         = "leave_bulk"
-	redirectVarN_ports           = "n_ports"
-	redirectVarSelComm           = "sel_comm"
-	redirectVarSelPorts          = "sel_ports"
-	redirectVarUnusedPendingRec  = "unused_pending_rec"
-	redirectVarUnusedRedirStat   = "unused_redir_stat"
+	redirectMapSending               = "sending"
+	redirectMapSettings              = "settings"
+	redirectMapSockHash              = "sock_hash"
+	redirectMapSocks                 = "socks"
+	redirectMapSpliced               = "spliced"
+	redirectMapStats                 = "stats"
+	redirectProgRedirectMsg          = "redirect_msg"
+	redirectProgRedirectPending      = "redirect_pending"
+	redirectProgRedirectPendingFiles = "redirect_pending_files"
+	redirectProgRedirectSendDone     = "redirect_send_done"
+	redirectProgRedirectSockops      = "redirect_sockops"
+	redirectProgRedirectSplice       = "redirect_splice"
+	redirectVarBulkBytes             = "bulk_bytes"
+	redirectVarHasComm               = "has_comm"
+	redirectVarLeaveBulk             = "leave_bulk"
+	redirectVarN_ports               = "n_ports"
+	redirectVarSelComm               = "sel_comm"
+	redirectVarSelPorts              = "sel_ports"
+	redirectVarUnusedPendingRec      = "unused_pending_rec"
+	redirectVarUnusedRedirStat       = "unused_redir_stat"
 )
 
 // loadRedirect returns the embedded CollectionSpec for redirect.
@@ -154,11 +155,12 @@ type redirectSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectProgramSpecs struct {
-	RedirectMsg      *ebpf.ProgramSpec `ebpf:"redirect_msg"`
-	RedirectPending  *ebpf.ProgramSpec `ebpf:"redirect_pending"`
-	RedirectSendDone *ebpf.ProgramSpec `ebpf:"redirect_send_done"`
-	RedirectSockops  *ebpf.ProgramSpec `ebpf:"redirect_sockops"`
-	RedirectSplice   *ebpf.ProgramSpec `ebpf:"redirect_splice"`
+	RedirectMsg          *ebpf.ProgramSpec `ebpf:"redirect_msg"`
+	RedirectPending      *ebpf.ProgramSpec `ebpf:"redirect_pending"`
+	RedirectPendingFiles *ebpf.ProgramSpec `ebpf:"redirect_pending_files"`
+	RedirectSendDone     *ebpf.ProgramSpec `ebpf:"redirect_send_done"`
+	RedirectSockops      *ebpf.ProgramSpec `ebpf:"redirect_sockops"`
+	RedirectSplice       *ebpf.ProgramSpec `ebpf:"redirect_splice"`
 }
 
 // redirectMapSpecs contains maps before they are loaded into the kernel.
@@ -244,17 +246,19 @@ type redirectVariables struct {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectPrograms struct {
-	RedirectMsg      *ebpf.Program `ebpf:"redirect_msg"`
-	RedirectPending  *ebpf.Program `ebpf:"redirect_pending"`
-	RedirectSendDone *ebpf.Program `ebpf:"redirect_send_done"`
-	RedirectSockops  *ebpf.Program `ebpf:"redirect_sockops"`
-	RedirectSplice   *ebpf.Program `ebpf:"redirect_splice"`
+	RedirectMsg          *ebpf.Program `ebpf:"redirect_msg"`
+	RedirectPending      *ebpf.Program `ebpf:"redirect_pending"`
+	RedirectPendingFiles *ebpf.Program `ebpf:"redirect_pending_files"`
+	RedirectSendDone     *ebpf.Program `ebpf:"redirect_send_done"`
+	RedirectSockops      *ebpf.Program `ebpf:"redirect_sockops"`
+	RedirectSplice       *ebpf.Program `ebpf:"redirect_splice"`
 }
 
 func (p *redirectPrograms) Close() error {
 	return _RedirectClose(
 		p.RedirectMsg,
 		p.RedirectPending,
+		p.RedirectPendingFiles,
 		p.RedirectSendDone,
 		p.RedirectSockops,
 		p.RedirectSplice,

@@ -99,6 +99,10 @@ func TestSlowReaderBounded(t *testing.T) {
 	if st.Counters.Misses["peer_full"] == 0 {
 		t.Errorf("no send fell back to TCP because the reader's queue was full")
 	}
+	if st.QueuedBytes == 0 {
+		t.Errorf("status shows no redirected bytes queued at a reader that does not read")
+	}
+	samePending(t, pins)
 	got, err := readStream(server, 7, 64<<10)
 	if err != nil || got != n {
 		t.Fatalf("read %d of %d bytes: %v", got, n, err)

@@ -253,40 +253,85 @@ func closeMaps(maps map[string]*ebpf.Map) {
 }
 
 // pending lists the sockets in the map with their unread redirected bytes,
-// through an iter/sockmap program.
+// through an iter/sockmap program, or where the kernel refuses map
+// iterators, from the tasks' open files.
 func pending(maps map[string]*ebpf.Map) ([]redirectPendingRec, error) {
+	if !kernel.MapIter.Has() {
+		return pendingFromFiles(maps)
+	}
+	return readPending(maps, "redirect_pending", maps["sock_hash"])
+}
+
+// pendingFromFiles lists sock_hash's sockets (a user-space lookup gives
+// each one's cookie) with the unread redirected bytes an iter/task_file
+// walk reads from the tasks' open sockets. A socket of the map that no task
+// holds open (one still in an accept queue) is listed with none queued: a
+// socket that was never read is never redirected to (peer_unproven).
+func pendingFromFiles(maps map[string]*ebpf.Map) ([]redirectPendingRec, error) {
+	members := map[uint64]redirectSkKey{}
+	var (
+		key    redirectSkKey
+		cookie uint64
+	)
+	iter := maps["sock_hash"].Iterate()
+	for iter.Next(&key, &cookie) {
+		members[cookie] = key
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("read sock_hash: %w", err)
+	}
+	files, err := readPending(maps, "redirect_pending_files", nil)
+	if err != nil {
+		return nil, err
+	}
+	var recs []redirectPendingRec
+	for _, r := range files {
+		if k, ok := members[r.Cookie]; ok && k == r.Key {
+			recs = append(recs, r)
+			delete(members, r.Cookie)
+		}
+	}
+	for c, k := range members {
+		recs = append(recs, redirectPendingRec{Key: k, Cookie: c})
+	}
+	return recs, nil
+}
+
+// readPending runs iterator program prog (over map m, when given) and
+// decodes its records.
+func readPending(maps map[string]*ebpf.Map, prog string, m *ebpf.Map) ([]redirectPendingRec, error) {
 	spec, err := loadRedirect()
 	if err != nil {
 		return nil, fmt.Errorf("load redirect spec: %w", err)
 	}
 	for name := range spec.Programs {
-		if name != "redirect_pending" {
+		if name != prog {
 			delete(spec.Programs, name)
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: maps})
 	if err != nil {
-		return nil, fmt.Errorf("load socket map iterator: %w", err)
+		return nil, fmt.Errorf("load %s iterator: %w", prog, err)
 	}
 	defer coll.Close()
-	it, err := link.AttachIter(link.IterOptions{Program: coll.Programs["redirect_pending"], Map: maps["sock_hash"]})
+	it, err := link.AttachIter(link.IterOptions{Program: coll.Programs[prog], Map: m})
 	if err != nil {
-		return nil, fmt.Errorf("attach socket map iterator: %w", err)
+		return nil, fmt.Errorf("attach %s iterator: %w", prog, err)
 	}
 	defer it.Close()
 	rd, err := it.Open()
 	if err != nil {
-		return nil, fmt.Errorf("open socket map iterator: %w", err)
+		return nil, fmt.Errorf("open %s iterator: %w", prog, err)
 	}
 	defer rd.Close()
 	b, err := io.ReadAll(rd)
 	if err != nil {
-		return nil, fmt.Errorf("read socket map iterator: %w", err)
+		return nil, fmt.Errorf("read %s iterator: %w", prog, err)
 	}
 	size := binary.Size(redirectPendingRec{})
 	recs := make([]redirectPendingRec, len(b)/size)
 	if err := binary.Read(bytes.NewReader(b[:len(recs)*size]), binary.NativeEndian, recs); err != nil {
-		return nil, fmt.Errorf("decode socket map iterator: %w", err)
+		return nil, fmt.Errorf("decode %s iterator: %w", prog, err)
 	}
 	return recs, nil
 }
