@@ -5,7 +5,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 PKGS     := ./...
 
-.PHONY: all build generate generate-check vmlinux test vmtest lint clean
+.PHONY: all build generate generate-check vmlinux test vmtest vmtest-arm64 lint clean
 
 all: build
 
@@ -35,6 +35,10 @@ test:
 ## vmtest: the same tests inside Debian's cloud kernels under qemu (VMTEST_KERNELS: 5.10 6.1 6.12; fentry and kprobe tiers)
 vmtest:
 	scripts/vmtest.sh
+
+## vmtest-arm64: the same tests in Debian's arm64 cloud kernel under qemu-system-aarch64 (GOARCH=arm64)
+vmtest-arm64:
+	VMTEST_ARCH=arm64 scripts/vmtest.sh
 
 ## lint: gofmt and go vet
 lint:

@@ -3,7 +3,8 @@
 #
 # Works on any Debian-like amd64 host with apt, dpkg-deb, python3 and bpftool.
 # It does not touch the host's apt state: a private arm64-only apt
-# configuration (sources, lists) lives in the cache directory, so no
+# configuration (scripts/debian-apt.sh: sources built from the URIs of the
+# machine's own, lists) lives in the cache directory, so no
 # `dpkg --add-architecture` is needed.
 #
 # The arm64 vmlinuz is a raw (possibly gzip-compressed) Image, not an ELF
@@ -33,42 +34,9 @@ for tool in apt-get apt-cache dpkg-deb python3 bpftool; do
 	command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-apt_opts=(
-	-o "Dir::Etc::SourceList=$apt_root/sources.list"
-	-o "Dir::Etc::SourceParts=$apt_root/sources.list.d"
-	-o "Dir::Etc::Preferences=$apt_root/preferences"
-	-o "Dir::Etc::PreferencesParts=$apt_root/preferences.d"
-	-o "Dir::State=$apt_root/state"
-	-o "Dir::State::Lists=$apt_root/lists"
-	-o "Dir::State::status=/dev/null"
-	-o "Dir::Cache=$apt_root/cache"
-	-o "APT::Architecture=arm64"
-	-o "APT::Architectures=arm64"
-	-o "APT::Sandbox::User=root"
-	-o "Debug::NoLocking=1"
-)
-
-apt_update() {
-	mkdir -p "$apt_root"/{sources.list.d,preferences.d,state,lists/partial,cache/archives/partial}
-	: >"$apt_root/sources.list"
-	: >"$apt_root/preferences"
-	cat >"$apt_root/sources.list.d/debian.sources" <<-EOF
-		Types: deb
-		URIs: http://deb.debian.org/debian
-		Suites: $suite $suite-updates
-		Components: main
-		Architectures: arm64
-		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-		Types: deb
-		URIs: http://deb.debian.org/debian-security
-		Suites: $suite-security
-		Components: main
-		Architectures: arm64
-		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-	EOF
-	apt-get "${apt_opts[@]}" -qq update
-}
+# shellcheck source=scripts/debian-apt.sh
+. "$repo/scripts/debian-apt.sh"
+apt_update() { debian_apt_init "$apt_root" "$suite" arm64; }
 
 mkdir -p "$cache"
 deb=
@@ -79,16 +47,16 @@ if [[ -z $deb ]]; then
 	apt_update
 	pkg=${PKG:-}
 	if [[ -z $pkg ]]; then
-		signed=$(apt-cache "${apt_opts[@]}" depends "linux-image-$flavour" |
+		signed=$(debian_apt apt-cache depends "linux-image-$flavour" |
 			awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
 		[[ -n $signed ]] || { echo "cannot resolve linux-image-$flavour in $suite" >&2; exit 1; }
 		pkg=$signed-unsigned
 	fi
-	version=$(apt-cache "${apt_opts[@]}" policy "$pkg" | awk '$1 == "Candidate:" { print $2 }')
+	version=$(debian_apt apt-cache policy "$pkg" | awk '$1 == "Candidate:" { print $2 }')
 	[[ -n $version && $version != "(none)" ]] || { echo "package $pkg not found in $suite" >&2; exit 1; }
 	deb=$cache/${pkg}_${version//:/%3a}_arm64.deb
 	if [[ ! -f $deb ]]; then
-		(cd "$cache" && apt-get "${apt_opts[@]}" -qq download "$pkg=$version")
+		(cd "$cache" && debian_apt apt-get -qq download "$pkg=$version")
 	fi
 fi
 [[ -f $deb ]] || { echo "download failed: $deb" >&2; exit 1; }

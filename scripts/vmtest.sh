@@ -25,8 +25,9 @@
 #   CI and NETTRACE_* are passed to the tests; NETTRACE_VMTEST=1,
 #   NETTRACE_BIN, NETTRACE_TESTDATA_BIN (the static C test programs),
 #   NETTRACE_VMTEST_KERNEL (the line booted) and NETTRACE_EXPECT_TIER (from
-#   VMTEST_EXPECT_TIER, default fentry: every Debian kernel of the matrix has
-#   fentry and kprobes; the host's value describes the host's kernel) are set.
+#   VMTEST_EXPECT_TIER, default the best tier the kernel gives: fentry for
+#   every x86-64 kernel of the matrix, kprobe for arm64 before 6.4; the
+#   host's value describes the host's kernel) are set.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -249,7 +250,6 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 		*) echo "export $v=$(q "${!v}")" ;;
 		esac
 	done < <(compgen -e | grep '^NETTRACE_' || true)
-	echo "export NETTRACE_EXPECT_TIER=$(q "${VMTEST_EXPECT_TIER-fentry}")"
 	echo "export NETTRACE_VMTEST=1"
 	if [ -n "$bin" ]; then echo "export NETTRACE_BIN=$bin"; fi
 	if [ -n "$cbin" ]; then echo "export NETTRACE_TESTDATA_BIN=$cbin"; fi
@@ -260,6 +260,17 @@ cp "$busybox" "$root/bin/busybox"
 install -m 0755 "$here/vmtest/init" "$root/init"
 t1=$(date +%s%N)
 
+# expect_tier K names the best tier Debian's kernel K gives: fentry on
+# x86-64; on arm64 BPF trampolines attach from 6.4 (ftrace direct calls),
+# so 6.1 gives kprobes.
+expect_tier() {
+	case $arch/$1 in
+	arm64/5.10 | arm64/6.1) echo kprobe ;;
+	*/custom) echo "" ;;
+	*) echo fentry ;;
+	esac
+}
+
 # boot K runs every test binary in kernel K: its initramfs is the common
 # root plus /vmtest/env; the console is split into $work/K/out/NAME.{log,rc}.
 boot() {
@@ -269,6 +280,7 @@ boot() {
 	{
 		cat "$work/env"
 		echo "export NETTRACE_VMTEST_KERNEL=$(q "$k")"
+		echo "export NETTRACE_EXPECT_TIER=$(q "${VMTEST_EXPECT_TIER-$(expect_tier "$k")}")"
 	} >"$kw/extra/vmtest/env"
 	{
 		(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet)

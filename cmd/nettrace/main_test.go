@@ -138,6 +138,10 @@ func TestDoctor(t *testing.T) {
 		if !probes["fentry"] || !probes["kprobe"] {
 			t.Errorf("doctor says fentry=%v kprobe=%v on a kernel that has both", probes["fentry"], probes["kprobe"])
 		}
+	case "kprobe":
+		if probes["fentry"] || !probes["kprobe"] {
+			t.Errorf("doctor says fentry=%v kprobe=%v on a kernel that has kprobes only", probes["fentry"], probes["kprobe"])
+		}
 	case "tracepoint":
 		if probes["fentry"] || probes["kprobe"] {
 			t.Errorf("doctor says fentry=%v kprobe=%v on a kernel that has neither", probes["fentry"], probes["kprobe"])

@@ -347,6 +347,8 @@ func Explain(method string, err error) string {
 		return "kernel has no kprobes (CONFIG_KPROBES unset)"
 	case (method == "fentry" || method == "fexit") && errors.Is(err, unix.EPERM):
 		return "kernel refuses BPF trampolines (fentry/fexit load fails with EPERM)"
+	case (method == "fentry" || method == "fexit") && errors.Is(err, ebpf.ErrNotSupported):
+		return "kernel cannot attach BPF trampolines on this architecture (fentry/fexit: x86-64 5.5+, arm64 6.4+)"
 	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
 		return "permission denied: " + err.Error()
 	}

@@ -32,6 +32,13 @@ func TestProbesThisKernel(t *testing.T) {
 				t.Errorf("probe %s failed on a kernel that must have it: %s", name, got[name].Detail)
 			}
 		}
+	case "kprobe": // arm64 before 6.4: kprobes, no BPF trampolines
+		if !got["kprobe"].OK {
+			t.Errorf("probe kprobe failed on a kernel that must have it: %s", got["kprobe"].Detail)
+		}
+		if got["fentry"].OK {
+			t.Errorf("probe fentry succeeded on a kernel that cannot have it")
+		}
 	case "tracepoint": // the CI machine: no CONFIG_KPROBES, fentry refused
 		for _, name := range []string{"fentry", "kprobe"} {
 			if got[name].OK {
