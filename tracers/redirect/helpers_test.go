@@ -126,6 +126,10 @@ func setupOpts(t *testing.T, opts Options) (*testutil.Netns, string, string) {
 	t.Cleanup(func() {
 		if _, err := Disable(pins, 10*time.Second); err != nil {
 			t.Errorf("disable: %v", err)
+			// So that the next test starts clean.
+			if err := remove(pins); err != nil {
+				t.Errorf("remove %s: %v", pins, err)
+			}
 		}
 		if ids, err := CgroupSockops(cg); err != nil || len(ids) != 0 {
 			t.Errorf("sockops programs left on %s after disable: %v %v", cg, ids, err)
