@@ -152,6 +152,21 @@ struct {
 	__type(value, struct sending);
 } sending SEC(".maps");
 
+/* The same per thread, keyed by thread id, where sk_msg programs cannot
+ * use task storage (msg_task_storage false). An entry of an exited thread
+ * stays until the LRU evicts it; evicting a thread's entry inside sendmsg
+ * loses its count, so its peer never leaves (the safe side). User space
+ * shrinks it to one entry when unused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct sending);
+} sending_tid SEC(".maps");
+
+/* Whether sk_msg programs may call bpf_task_storage_get (6.16+). */
+const volatile bool msg_task_storage = true;
+
 /* Whether bulk senders leave sock_hash: needs the sock_send_length
  * tracepoint (6.4+) to know when a peer's redirect is done. */
 const volatile bool leave_bulk = false;
@@ -478,21 +493,42 @@ static __always_inline __u32 check_peer(const struct sockref *ref, __u32 write_s
 /* comm_selected says whether the current task's comm is sel_comm. sk_msg
  * runs in the sending task (sendmsg), unlike sockops' established
  * callbacks, which on loopback run in softirq on whatever task was
- * interrupted. */
+ * interrupted. It reads the comm through the task's BTF pointer: sk_msg
+ * programs may not call bpf_get_current_comm before 6.16. */
 static __always_inline int comm_selected(void)
 {
-	char comm[16] = {};
+	struct task_struct *task = bpf_get_current_task_btf();
+	char c;
 	int i;
 
-	if (bpf_get_current_comm(comm, sizeof(comm)))
-		return 0;
+#pragma unroll
 	for (i = 0; i < 16; i++) {
-		if (comm[i] != sel_comm[i])
+		c = task->comm[i];
+		if (c != sel_comm[i])
 			return 0;
-		if (!comm[i])
+		if (!c)
 			break;
 	}
 	return 1;
+}
+
+/* sending_get returns this thread's struct sending, creating it when
+ * create is set; NULL when there is none or it cannot be made. */
+static __always_inline struct sending *sending_get(bool create)
+{
+	struct sending zero = {};
+	struct sending *s;
+	__u32 tid;
+
+	if (msg_task_storage)
+		return bpf_task_storage_get(&sending, bpf_get_current_task_btf(), 0,
+					    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	tid = (__u32)bpf_get_current_pid_tgid();
+	s = bpf_map_lookup_elem(&sending_tid, &tid);
+	if (s || !create)
+		return s;
+	bpf_map_update_elem(&sending_tid, &tid, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&sending_tid, &tid);
 }
 
 /* release takes a thread's finished redirects off its socket's count. */
@@ -518,7 +554,7 @@ static __always_inline __u32 hold_peer(const struct sk_key *key, struct sockref 
 {
 	struct sending *s;
 
-	s = bpf_task_storage_get(&sending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	s = sending_get(true);
 	if (!s)
 		return ST_MISS_INTERNAL;
 	if (s->cookie != mine->cookie) {
@@ -638,7 +674,7 @@ int BPF_PROG(redirect_send_done, struct sock *sk, int ret, int flags)
 
 	if (!sk->sk_user_data)
 		return 0;
-	s = bpf_task_storage_get(&sending, bpf_get_current_task_btf(), 0, 0);
+	s = sending_get(false);
 	if (!s || !s->n || s->cookie != sk->__sk_common.skc_cookie.counter)
 		return 0;
 	release(s);
@@ -743,12 +779,17 @@ static __always_inline void pending_write(struct seq_file *seq, struct sock *sk,
 SEC("iter/sockmap")
 int redirect_pending(struct bpf_iter__sockmap *ctx)
 {
+	struct sock *sk = ctx->sk;
+	void *k = ctx->key;
 	struct sk_key key;
 
-	if (!ctx->sk || !ctx->key)
+	/* Null-checked once, in registers: a second load from ctx would be
+	 * a maybe-NULL pointer again to the verifier. */
+	barrier_var(sk);
+	if (!sk || !k)
 		return 0;
-	bpf_probe_read_kernel(&key, sizeof(key), ctx->key);
-	pending_write(ctx->meta->seq, ctx->sk, &key);
+	bpf_probe_read_kernel(&key, sizeof(key), k);
+	pending_write(ctx->meta->seq, sk, &key);
 	return 0;
 }
 

@@ -58,10 +58,10 @@ func TestBenchLoopbackCLI(t *testing.T) {
 // left behind.
 func TestBenchRedirectInterrupt(t *testing.T) {
 	testutil.RequireBPF(t)
-	if err := redirect.Supported(); err != nil {
-		t.Skipf("redirect not supported here: %v", err)
-	}
 	ns := testutil.NewNetns(t)
+	if !redirectRuns(t, "bench", "loopback", "--redirect", "--netns", ns.Path(), "-d", "50ms", "--sizes", "64") {
+		return
+	}
 	cmd := exec.Command(binary, "bench", "loopback", "--redirect", "--netns", ns.Path(), "-d", "1s", "--sizes", "1k")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -90,10 +90,10 @@ func TestBenchRedirectInterrupt(t *testing.T) {
 // `bench loopback --redirect` removes it.
 func TestBenchRedirectKilled(t *testing.T) {
 	testutil.RequireBPF(t)
-	if err := redirect.Supported(); err != nil {
-		t.Skipf("redirect not supported here: %v", err)
-	}
 	ns := testutil.NewNetns(t)
+	if !redirectRuns(t, "bench", "loopback", "--redirect", "--netns", ns.Path(), "-d", "50ms", "--sizes", "64") {
+		return
+	}
 	cmd := exec.Command(binary, "bench", "loopback", "--redirect", "--netns", ns.Path(), "-d", "1s", "--sizes", "1k")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

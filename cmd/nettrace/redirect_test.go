@@ -25,12 +25,30 @@ func TestRedirectBadComm(t *testing.T) {
 	oneLineError(t, run(t, nil, "redirect", "enable", "--comm", "a-comm-longer-than-15"), 2, "at most 15 bytes")
 }
 
+// redirectRuns says whether redirect runs on this kernel. Where it does
+// not, it checks that the command args (which would enable it) exit 1
+// with one line: the kernel's refusal, naming what is missing and the
+// oldest kernels that have it.
+func redirectRuns(t *testing.T, args ...string) bool {
+	t.Helper()
+	testutil.RequireBPF(t)
+	err := redirect.Supported()
+	if err == nil {
+		return true
+	}
+	if !strings.HasPrefix(err.Error(), "kernel lacks ") || !strings.Contains(err.Error(), "(Linux ") {
+		t.Errorf("refusal %q does not name what is missing and since when", err)
+	}
+	oneLineError(t, run(t, nil, args...), 1, err.Error())
+	t.Logf("redirect refuses this kernel, as documented: %v", err)
+	return false
+}
+
 // enable, real loopback traffic from a child cgroup, status -o json against
 // what the client sent, then disable and the kernel's own view.
 func TestRedirectCLI(t *testing.T) {
-	testutil.RequireBPF(t)
-	if err := redirect.Supported(); err != nil {
-		t.Skipf("redirect not supported here: %v", err)
+	if !redirectRuns(t, "redirect", "enable", "--pin-dir", filepath.Join(kernel.BPFFSPath, "nettrace", fmt.Sprintf("redirect-cli-%d", os.Getpid()))) {
+		return
 	}
 	root, err := kernel.Cgroup2Path()
 	if err != nil {

@@ -3,6 +3,7 @@ package redirect
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -59,6 +60,47 @@ func newCgroup(t *testing.T) string {
 	return dir
 }
 
+// enabled says whether redirect runs on this kernel. Where it does not, it
+// checks the refusal instead (checkRefusal) and the test ends there, as a
+// pass: the refusal is what this kernel is documented to do.
+func enabled(t *testing.T) bool {
+	t.Helper()
+	testutil.RequireBPF(t)
+	err := Supported()
+	if err == nil {
+		return true
+	}
+	checkRefusal(t, err)
+	t.Logf("redirect refuses this kernel, as documented: %v", err)
+	return false
+}
+
+// checkRefusal checks that Enable refuses this kernel with err (from
+// Supported) as one line naming what is missing and the oldest kernels
+// that have it, and leaves nothing pinned.
+func checkRefusal(t *testing.T, err error) {
+	t.Helper()
+	msg := err.Error()
+	if strings.Contains(msg, "\n") || !strings.HasPrefix(msg, "kernel lacks ") || !strings.Contains(msg, "(Linux ") {
+		t.Errorf("refusal %q: want one line \"kernel lacks X (Linux N+...): why\"", msg)
+	}
+	if strings.Contains(msg, "msg_tot_len") && !strings.Contains(msg, "Linux "+MsgTotLenSince) {
+		t.Errorf("refusal %q does not name the kernels with msg_tot_len (%s)", msg, MsgTotLenSince)
+	}
+	pins := filepath.Join(kernel.BPFFSPath, "nettrace", fmt.Sprintf("redirect-refused-%d", os.Getpid()))
+	eerr := Enable(Options{PinDir: pins})
+	if eerr == nil {
+		Disable(pins, time.Second)
+		t.Fatalf("Supported refuses (%v) but Enable succeeded", err)
+	}
+	if !strings.Contains(eerr.Error(), msg) || strings.Contains(eerr.Error(), "\n") {
+		t.Errorf("Enable: %q, want one line with %q", eerr, msg)
+	}
+	if _, serr := os.Stat(pins); !errors.Is(serr, os.ErrNotExist) {
+		t.Errorf("refused Enable left %s (%v)", pins, serr)
+	}
+}
+
 // setup gives a fresh network namespace and cgroup with redirection enabled
 // on the cgroup, pinned in a directory of the test's own. It disables at the
 // end and checks nothing is left behind.
@@ -72,7 +114,7 @@ func setupOpts(t *testing.T, opts Options) (*testutil.Netns, string, string) {
 	t.Helper()
 	testutil.RequireBPF(t)
 	if err := Supported(); err != nil {
-		t.Skipf("redirect not supported here: %v", err)
+		t.Fatalf("setup on a kernel redirect refuses (the test must ask enabled first): %v", err)
 	}
 	ns := testutil.NewNetns(t)
 	cg := newCgroup(t)
@@ -84,6 +126,10 @@ func setupOpts(t *testing.T, opts Options) (*testutil.Netns, string, string) {
 	t.Cleanup(func() {
 		if _, err := Disable(pins, 10*time.Second); err != nil {
 			t.Errorf("disable: %v", err)
+			// So that the next test starts clean.
+			if err := remove(pins); err != nil {
+				t.Errorf("remove %s: %v", pins, err)
+			}
 		}
 		if ids, err := CgroupSockops(cg); err != nil || len(ids) != 0 {
 			t.Errorf("sockops programs left on %s after disable: %v %v", cg, ids, err)

@@ -20,6 +20,9 @@ import (
 // each side gets only its own namespace's bytes, and all four sockets are
 // in the map (a key without the namespace would collide).
 func TestNetnsIsolation(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
 	ns1, _, pins := setup(t)
 	ns2 := testutil.NewNetns(t)
 	const srv, cli = "127.0.0.1:41731", "127.0.0.1:41732"
@@ -84,9 +87,8 @@ func TestKilledEnabler(t *testing.T) {
 	if os.Getenv("NETTRACE_REDIRECT_CHILD") != "" {
 		return
 	}
-	testutil.RequireBPF(t)
-	if err := Supported(); err != nil {
-		t.Skipf("redirect not supported here: %v", err)
+	if !enabled(t) {
+		return
 	}
 	cg := newCgroup(t)
 	pins := filepath.Join(kernel.BPFFSPath, "nettrace", "redirect-killtest")

@@ -38,7 +38,7 @@ const (
 	pinMsgProg     = "msg_prog"
 )
 
-var mapNames = []string{"sock_hash", "socks", "spliced", "settings", "stats", "sending"}
+var mapNames = []string{"sock_hash", "socks", "spliced", "settings", "stats", "sending", "sending_tid"}
 
 // DefaultBulkBytes is Options.BulkBytes when 0: a socket that sends more
 // than this without its peer sending anything back stays on TCP, which
@@ -68,11 +68,18 @@ func pinDir(dir string) string {
 	return dir
 }
 
-// Supported says why this kernel cannot redirect safely, or nil. Without
-// sk_psock.msg_tot_len (Linux 6.18 has it, 6.1 does not) the unread
-// redirected bytes of a receiver cannot be bounded, so nothing would ever be
-// redirected. The sk_msg program also reads the peer socket through the
-// bpf_rdonly_cast kfunc (6.2+, older than msg_tot_len).
+// MsgTotLenSince is where sk_psock.msg_tot_len, the byte count of a
+// socket's queue of redirected data, first appeared: Linux 6.19 ("bpf,
+// sockmap: Fix FIONREAD for sockmap"), backported to the stable kernels
+// 6.18.14, 6.12.75 and 6.6.128.
+const MsgTotLenSince = "6.19+; stable 6.18.14+, 6.12.75+, 6.6.128+"
+
+// Supported says why this kernel cannot redirect safely, or nil, in one
+// line naming what is missing and the oldest kernel that has it. Without
+// sk_psock.msg_tot_len the unread redirected bytes of a receiver cannot be
+// bounded, so nothing would ever be redirected. The sk_msg program also
+// reads the peer socket through the bpf_rdonly_cast kfunc (6.2+, older
+// than msg_tot_len).
 func Supported() error {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
@@ -89,13 +96,9 @@ func Supported() error {
 		}
 	}
 	if !found {
-		return errors.New("kernel's sk_psock has no msg_tot_len: the receiver's queue of redirected data cannot be bounded (needs a newer kernel)")
+		return fmt.Errorf("kernel lacks sk_psock.msg_tot_len (Linux %s): the receiver's queue of redirected data cannot be bounded", MsgTotLenSince)
 	}
-	var fn *btf.Func
-	if err := spec.TypeByName("bpf_rdonly_cast", &fn); err != nil {
-		return errors.New("kernel has no bpf_rdonly_cast kfunc: the sk_msg program cannot read the peer socket (needs Linux 6.2 or newer)")
-	}
-	return nil
+	return kernel.RdonlyCast.Err()
 }
 
 // canLeave says whether the kernel has the sock:sock_send_length tracepoint
@@ -109,6 +112,10 @@ func canLeave() bool {
 	var td *btf.Typedef
 	return spec.TypeByName("btf_trace_sock_send_length", &td) == nil
 }
+
+// useTaskStorage says whether the sk_msg program keeps its per-thread
+// records in task storage; tests turn it off to run the alternative.
+var useTaskStorage = kernel.SkMsgTaskStorage.Has
 
 // Enable loads the programs, attaches sk_msg to the socket map, the splice
 // watcher to its tracepoint and sockops to the cgroup (last, so no socket
@@ -188,6 +195,15 @@ func Enable(opts Options) (err error) {
 	}
 	if !leave {
 		delete(spec.Programs, "redirect_send_done")
+	}
+	// Where sk_msg cannot use task storage, the per-thread records of
+	// redirects in flight live in a hash by thread id instead.
+	taskStorage := useTaskStorage()
+	if err := spec.Variables["msg_task_storage"].Set(taskStorage); err != nil {
+		return fmt.Errorf("set per-thread storage: %w", err)
+	}
+	if taskStorage || !leave {
+		spec.Maps["sending_tid"].MaxEntries = 1
 	}
 	// The iterators are loaded when status and disable read them.
 	delete(spec.Programs, "redirect_pending")

@@ -92,6 +92,7 @@ type redirectSockref struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	redirectMapSending               = "sending"
+	redirectMapSendingTid            = "sending_tid"
 	redirectMapSettings              = "settings"
 	redirectMapSockHash              = "sock_hash"
 	redirectMapSocks                 = "socks"
@@ -106,6 +107,7 @@ const (
 	redirectVarBulkBytes             = "bulk_bytes"
 	redirectVarHasComm               = "has_comm"
 	redirectVarLeaveBulk             = "leave_bulk"
+	redirectVarMsgTaskStorage        = "msg_task_storage"
 	redirectVarN_ports               = "n_ports"
 	redirectVarSelComm               = "sel_comm"
 	redirectVarSelPorts              = "sel_ports"
@@ -167,12 +169,13 @@ type redirectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectMapSpecs struct {
-	Sending  *ebpf.MapSpec `ebpf:"sending"`
-	Settings *ebpf.MapSpec `ebpf:"settings"`
-	SockHash *ebpf.MapSpec `ebpf:"sock_hash"`
-	Socks    *ebpf.MapSpec `ebpf:"socks"`
-	Spliced  *ebpf.MapSpec `ebpf:"spliced"`
-	Stats    *ebpf.MapSpec `ebpf:"stats"`
+	Sending    *ebpf.MapSpec `ebpf:"sending"`
+	SendingTid *ebpf.MapSpec `ebpf:"sending_tid"`
+	Settings   *ebpf.MapSpec `ebpf:"settings"`
+	SockHash   *ebpf.MapSpec `ebpf:"sock_hash"`
+	Socks      *ebpf.MapSpec `ebpf:"socks"`
+	Spliced    *ebpf.MapSpec `ebpf:"spliced"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // redirectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -182,6 +185,7 @@ type redirectVariableSpecs struct {
 	BulkBytes        *ebpf.VariableSpec `ebpf:"bulk_bytes"`
 	HasComm          *ebpf.VariableSpec `ebpf:"has_comm"`
 	LeaveBulk        *ebpf.VariableSpec `ebpf:"leave_bulk"`
+	MsgTaskStorage   *ebpf.VariableSpec `ebpf:"msg_task_storage"`
 	N_ports          *ebpf.VariableSpec `ebpf:"n_ports"`
 	SelComm          *ebpf.VariableSpec `ebpf:"sel_comm"`
 	SelPorts         *ebpf.VariableSpec `ebpf:"sel_ports"`
@@ -209,17 +213,19 @@ func (o *redirectObjects) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectMaps struct {
-	Sending  *ebpf.Map `ebpf:"sending"`
-	Settings *ebpf.Map `ebpf:"settings"`
-	SockHash *ebpf.Map `ebpf:"sock_hash"`
-	Socks    *ebpf.Map `ebpf:"socks"`
-	Spliced  *ebpf.Map `ebpf:"spliced"`
-	Stats    *ebpf.Map `ebpf:"stats"`
+	Sending    *ebpf.Map `ebpf:"sending"`
+	SendingTid *ebpf.Map `ebpf:"sending_tid"`
+	Settings   *ebpf.Map `ebpf:"settings"`
+	SockHash   *ebpf.Map `ebpf:"sock_hash"`
+	Socks      *ebpf.Map `ebpf:"socks"`
+	Spliced    *ebpf.Map `ebpf:"spliced"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *redirectMaps) Close() error {
 	return _RedirectClose(
 		m.Sending,
+		m.SendingTid,
 		m.Settings,
 		m.SockHash,
 		m.Socks,
@@ -235,6 +241,7 @@ type redirectVariables struct {
 	BulkBytes        *ebpf.Variable `ebpf:"bulk_bytes"`
 	HasComm          *ebpf.Variable `ebpf:"has_comm"`
 	LeaveBulk        *ebpf.Variable `ebpf:"leave_bulk"`
+	MsgTaskStorage   *ebpf.Variable `ebpf:"msg_task_storage"`
 	N_ports          *ebpf.Variable `ebpf:"n_ports"`
 	SelComm          *ebpf.Variable `ebpf:"sel_comm"`
 	SelPorts         *ebpf.Variable `ebpf:"sel_ports"`

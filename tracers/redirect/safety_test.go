@@ -13,6 +13,9 @@ import (
 // Streaming at several write sizes, then a half-close: the reader gets every
 // byte in order and then EOF, and can still answer on the other half.
 func TestStreamHalfClose(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
 	ns, _, pins := setup(t)
 	const n = 16 << 20
 	for _, size := range []int{100, 4 << 10, 64 << 10, 1 << 20} {
@@ -60,6 +63,9 @@ func TestStreamHalfClose(t *testing.T) {
 // A reader that stops reading: the sender must block as with TCP, not queue
 // without bound, and every byte still arrives in order afterwards.
 func TestSlowReaderBounded(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
 	ns, _, pins := setup(t)
 	client, server := pair(t, ns, "127.0.0.1:0")
 	if _, err := client.Write([]byte{1}); err != nil {
@@ -115,6 +121,9 @@ func TestSlowReaderBounded(t *testing.T) {
 // A proxy that forwards with io.Copy between two TCP connections (splice on
 // Linux): everything sent through it arrives, in order, both ways.
 func TestSpliceProxy(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
 	ns, _, pins := setup(t)
 	upstream := listen(t, ns, "127.0.0.1:0")
 	front := listen(t, ns, "127.0.0.1:0")
@@ -183,6 +192,9 @@ func TestSpliceProxy(t *testing.T) {
 // Disable while a stream runs: every byte arrives in order, and nothing is
 // left attached or pinned afterwards.
 func TestDisableDuringTraffic(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
 	ns, cg, pins := setup(t)
 	client, server := pair(t, ns, "127.0.0.1:0")
 	if _, err := client.Write([]byte{1}); err != nil {
@@ -254,6 +266,9 @@ func (s *slowReader) Read(b []byte) (int, error) {
 // A peer that closes with unread data: the sender gets an error on its next
 // writes, as with TCP.
 func TestPeerCloseUnread(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
 	ns, _, _ := setup(t)
 	client, server := pair(t, ns, "127.0.0.1:0")
 	if _, err := client.Write([]byte{1}); err != nil {

@@ -6,9 +6,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/nettrace/nettrace/internal/kernel"
 )
 
 // pingPong runs rounds of size-byte request/response on a fresh pair and
@@ -46,6 +51,12 @@ func pingPong(t *testing.T, client, server *net.TCPConn, rounds, size int) uint6
 // --comm: another comm redirects nothing (every send a "comm" miss), this
 // test binary's comm redirects the ping-pong.
 func TestComm(t *testing.T) {
+	if err := Enable(Options{Comm: "a-comm-longer-than-15"}); err == nil || !strings.Contains(err.Error(), "is not a comm") {
+		t.Errorf("enable with a 21-byte comm: %v", err)
+	}
+	if !enabled(t) {
+		return
+	}
 	b, err := os.ReadFile("/proc/self/comm")
 	if err != nil {
 		t.Fatal(err)
@@ -73,8 +84,38 @@ func TestComm(t *testing.T) {
 			}
 		})
 	}
-	if err := Enable(Options{Comm: "a-comm-longer-than-15"}); err == nil || !strings.Contains(err.Error(), "is not a comm") {
-		t.Errorf("enable with a 21-byte comm: %v", err)
+}
+
+// perThread runs f once for each way of keeping the per-thread records of
+// redirects in flight this kernel offers: task storage (sk_msg programs
+// may use it from 6.16 on) and the thread-id hash older kernels use.
+// Inside f, the test's Enable uses that one; store checks it did.
+func perThread(t *testing.T, f func(t *testing.T, store string)) {
+	for _, store := range []string{"task_storage", "tid_hash"} {
+		t.Run(store, func(t *testing.T) {
+			if store == "task_storage" && !kernel.SkMsgTaskStorage.Has() {
+				t.Logf("sk_msg cannot use task storage here: %v", kernel.SkMsgTaskStorage.Err())
+				return
+			}
+			orig := useTaskStorage
+			useTaskStorage = func() bool { return store == "task_storage" }
+			t.Cleanup(func() { useTaskStorage = orig })
+			f(t, store)
+		})
+	}
+}
+
+// checkStore fails unless the redirect pinned under pins keeps its
+// per-thread records in store: the thread-id hash is sized only when used.
+func checkStore(t *testing.T, pins, store string) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pins, "sending_tid"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got := map[bool]string{true: "tid_hash", false: "task_storage"}[m.MaxEntries() > 1]; got != store {
+		t.Fatalf("per-thread records in %s (sending_tid holds %d), want %s", got, m.MaxEntries(), store)
 	}
 }
 
@@ -83,8 +124,16 @@ func TestComm(t *testing.T) {
 // sends skip sk_msg); a ping-pong exchanging more than that in all never
 // trips it, since each answer resets the count.
 func TestBulkStaysOnTCP(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
+	perThread(t, testBulkStaysOnTCP)
+}
+
+func testBulkStaysOnTCP(t *testing.T, store string) {
 	const bulk = 64 << 10
 	ns, _, pins := setupOpts(t, Options{BulkBytes: bulk})
+	checkStore(t, pins, store)
 	client, server := pair(t, ns, "127.0.0.1:0")
 	sent := pingPong(t, client, server, 300, 1000)
 	st := status(t, pins)
@@ -157,8 +206,16 @@ func (p paced) Write(b []byte) (int, error) {
 // to it (redirected until the leave): both directions arrive byte for
 // byte, whichever side sees the other's mark first.
 func TestBulkLeavesWhilePeerSends(t *testing.T) {
+	if !enabled(t) {
+		return
+	}
+	perThread(t, testBulkLeavesWhilePeerSends)
+}
+
+func testBulkLeavesWhilePeerSends(t *testing.T, store string) {
 	const bulk = 64 << 10
 	ns, _, pins := setupOpts(t, Options{BulkBytes: bulk})
+	checkStore(t, pins, store)
 	for round := range 3 {
 		client, server := pair(t, ns, "127.0.0.1:0")
 		// Both ends proven readers first, so the peer's messages are

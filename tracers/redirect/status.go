@@ -309,6 +309,12 @@ func readPending(maps map[string]*ebpf.Map, prog string, m *ebpf.Map) ([]redirec
 			delete(spec.Programs, name)
 		}
 	}
+	// Enable sizes some maps to what this kernel needs.
+	for name, m := range maps {
+		if ms := spec.Maps[name]; ms != nil {
+			ms.MaxEntries = m.MaxEntries()
+		}
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: maps})
 	if err != nil {
 		return nil, fmt.Errorf("load %s iterator: %w", prog, err)

@@ -148,12 +148,12 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 // each test it calls done when not nil.
 func measure(ctx context.Context, opts Options, size int, done func(f *Figures, test string)) (Figures, error) {
 	var f Figures
-	lat, rounds, checked, err := pingPong(ctx, opts, size)
+	lat, rounds, checked, elapsed, err := pingPong(ctx, opts, size)
 	if err != nil {
 		return f, err
 	}
 	f.RoundTrips = rounds
-	f.RoundTripsPerS = float64(rounds) / opts.Duration.Seconds()
+	f.RoundTripsPerS = float64(rounds) / elapsed.Seconds()
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		f.P50Us = us(lat[len(lat)/2])
@@ -218,13 +218,14 @@ func closeAll(conns ...[]*net.TCPConn) {
 
 // pingPong sends size bytes from each client, the server checks them and
 // answers with size bytes of its own stream, which the client checks; it
-// returns every round's latency, the rounds and the bytes checked.
-func pingPong(ctx context.Context, opts Options, size int) ([]time.Duration, int64, int64, error) {
+// returns every round's latency, the rounds, the bytes checked and the time
+// they took. Each client makes at least one round, however late it starts.
+func pingPong(ctx context.Context, opts Options, size int) ([]time.Duration, int64, int64, time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	clients, servers, err := pairs(ctx, opts.Netns, opts.Conns)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, 0, 0, 0, err
 	}
 	defer closeAll(clients, servers)
 	var (
@@ -240,7 +241,8 @@ func pingPong(ctx context.Context, opts Options, size int) ([]time.Duration, int
 		mu.Unlock()
 		cancel()
 	}
-	deadline := time.Now().Add(opts.Duration)
+	begin := time.Now()
+	deadline := begin.Add(opts.Duration)
 	for i := range clients {
 		c, s := clients[i], servers[i]
 		wg.Add(2)
@@ -286,7 +288,7 @@ func pingPong(ctx context.Context, opts Options, size int) ([]time.Duration, int
 			}()
 			for ctx.Err() == nil {
 				start := time.Now()
-				if !start.Before(deadline) {
+				if !start.Before(deadline) && len(mine) > 0 {
 					break
 				}
 				if _, err := c.Write(out.send(size)); err != nil {
@@ -314,15 +316,17 @@ func pingPong(ctx context.Context, opts Options, size int) ([]time.Duration, int
 		}()
 	}
 	wg.Wait()
+	elapsed := time.Since(begin)
 	if err := ctxErr(ctx, errs); err != nil {
-		return nil, 0, 0, err
+		return nil, 0, 0, 0, err
 	}
-	return lat, int64(len(lat)), checked, nil
+	return lat, int64(len(lat)), checked, elapsed, nil
 }
 
-// stream writes size-byte messages from each client for the duration, then
-// shuts down writing; each server reads to EOF and checks every byte. It
-// returns the bytes checked and the time from start to the last EOF.
+// stream writes size-byte messages from each client for the duration (at
+// least one, however late it starts), then shuts down writing; each server
+// reads to EOF and checks every byte. It returns the bytes checked and the
+// time from start to the last EOF.
 func stream(ctx context.Context, opts Options, size int) (int64, time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -377,7 +381,7 @@ func stream(ctx context.Context, opts Options, size int) (int64, time.Duration, 
 		go func() {
 			defer wg.Done()
 			out := newStream(seedRequest, "stream", toServer)
-			for ctx.Err() == nil && time.Now().Before(deadline) {
+			for first := true; ctx.Err() == nil && (first || time.Now().Before(deadline)); first = false {
 				if _, err := c.Write(out.send(size)); err != nil {
 					if ctx.Err() == nil {
 						fail(fmt.Errorf("stream write: %w", err))

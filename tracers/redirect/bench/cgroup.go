@@ -123,7 +123,7 @@ func (r *redirector) msgCost(ctx context.Context, opts Options, size int, f *Fig
 	}
 	o := opts
 	o.Duration = max(opts.Duration/4, 200*time.Millisecond)
-	_, rounds, _, err := pingPong(ctx, o, size)
+	_, rounds, _, _, err := pingPong(ctx, o, size)
 	if err != nil {
 		return err
 	}
