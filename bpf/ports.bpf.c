@@ -33,7 +33,17 @@
  * socket's cookie, and only falls back to `inflight` when its slot is
  * taken; the connecting process's name is looked up by process id when a
  * destination first needs it (bpf_task_from_pid, 6.2+) instead of copied
- * at every connect. */
+ * at every connect.
+ *
+ * Older kernels (user space chooses by probing): without task storage
+ * (5.11+) `sysc` is a hash keyed by thread id (task_storage = 0). Without
+ * BPF atomics (5.12+) user space loads the *_noatomics programs in place
+ * of the others: the connect call's return and the state change, which the
+ * socket lock serializes inside the call, set their flags with plain
+ * writes, and after a non-blocking connect() returned, whichever of
+ * sys_exit and the state change deletes the attempt from `inflight`
+ * reports it; the state-only tier has no slots there (their claim is a
+ * compare-and-swap) and keeps its attempts in `inflight`. */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
 #include "bpf_tracing.h"
@@ -69,6 +79,8 @@ const volatile __u32 targ_tgid = 0;  /* 0: every process */
 const volatile __u32 targ_netns = 0; /* network namespace inode; 0: every namespace */
 const volatile char targ_comm[16] = {};
 const volatile __u32 events_on = 0; /* send one event per connect to the ring buffer */
+/* 0: no task storage (before 5.11): `sysc` is a hash keyed by thread id. */
+const volatile __u32 task_storage = 1;
 
 /* A destination as reached by one process. */
 struct proc_key {
@@ -118,7 +130,8 @@ struct call {
 #define SC_INCALL 1  /* inside connect() */
 #define SC_RESTART 2 /* connect() returned to be restarted after a signal */
 
-/* The connect() system call of a thread (tracepoint tier), in task storage. */
+/* The connect() system call of a thread (tracepoint tier), in task storage
+ * (or the hash that stands in for it). */
 struct sysc {
 	__u64 sk;    /* the socket, once this call moved it to SYN_SENT */
 	__u64 uaddr; /* user sockaddr, read only if the call fails before SYN_SENT */
@@ -126,6 +139,11 @@ struct sysc {
 	__s32 fd;
 	__u32 flags; /* SC_* */
 	struct conn conn; /* the attempt, while sk is set */
+	/* Hash only: the thread's start time (an entry left by a dead thread
+	 * whose id was reused is not this thread's), and when the call
+	 * began (user space ages out entries of threads killed in a call). */
+	__u64 task_start;
+	__u64 born;
 };
 
 /* One connect for --events. */
@@ -199,6 +217,8 @@ struct {
 	__type(value, struct att_slot);
 } slots SEC(".maps");
 
+/* Task storage; without it (task_storage = 0) user space makes this a
+ * preallocated hash keyed by thread id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -243,6 +263,7 @@ const struct conn *unused_conn __attribute__((unused));
 const struct att_slot *unused_slot __attribute__((unused));
 
 static const struct dest_stats zero_stats;
+static const struct sysc zero_sysc;
 
 static __always_inline void drop(__u32 i)
 {
@@ -289,6 +310,46 @@ static __always_inline bool pass_sock(const struct sock *sk)
 	if (targ_netns && BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != targ_netns)
 		return false;
 	return true;
+}
+
+/* sysc_get returns the current thread's connect() call (tracepoint tier),
+ * making it when create: its task storage, or without task storage its
+ * entry in the `sysc` hash (an entry of another thread that had the same
+ * id is started afresh). */
+static __always_inline struct sysc *sysc_get(bool create)
+{
+	struct task_struct *task;
+	struct sysc *c;
+	__u64 start;
+	__u32 tid;
+
+	if (task_storage)
+		return bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0,
+					    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	tid = (__u32)bpf_get_current_pid_tgid();
+	c = bpf_map_lookup_elem(&sysc, &tid);
+	if (!c && !create)
+		return NULL;
+	task = (struct task_struct *)bpf_get_current_task();
+	start = BPF_CORE_READ(task, start_time);
+	if (c && c->task_start == start)
+		return c;
+	if (!create || bpf_map_update_elem(&sysc, &tid, &zero_sysc, BPF_ANY))
+		return NULL;
+	c = bpf_map_lookup_elem(&sysc, &tid);
+	if (c)
+		c->task_start = start;
+	return c;
+}
+
+/* sysc_put ends the current thread's call: task storage keeps it for the
+ * next call, the hash drops it. */
+static __always_inline void sysc_put(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	if (!task_storage)
+		bpf_map_delete_elem(&sysc, &tid);
 }
 
 /* read_dest fills d from a sockaddr in user or kernel memory; non-zero for
@@ -473,8 +534,11 @@ static __always_inline void account(struct conn *e, int err, bool by_pid)
 }
 
 /* finish counts a connect call that returned ret, in the caller's context,
- * for an attempt in `inflight`. */
-static __always_inline int finish(__u64 skp, long ret)
+ * for an attempt in `inflight`. Without atomics the flags are set with a
+ * plain write: a call that may still be connecting returns here from
+ * tcp_v{4,6}_connect, inside the socket lock, which orders it against the
+ * state change (sys_failed only comes with an error). */
+static __always_inline int finish(__u64 skp, long ret, bool atomics)
 {
 	const struct sock *sk = (const struct sock *)skp;
 	struct conn *e;
@@ -494,8 +558,10 @@ static __always_inline int finish(__u64 skp, long ret)
 		/* Exactly one of this and the state change sees the other's
 		 * flag; F_DONE, once set, is final (no atomic needed then). */
 		old = e->flags;
-		if (!(old & F_DONE))
+		if (!(old & F_DONE) && atomics)
 			old = __sync_fetch_and_or(&e->flags, F_RETURNED);
+		else if (!(old & F_DONE))
+			e->flags = old | F_RETURNED;
 		if (!(old & F_DONE))
 			return 0;
 		err = e->outcome;
@@ -553,7 +619,7 @@ static __always_inline bool fill_conn(struct conn *n, const struct sock *sk, boo
 
 static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
 {
-	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
+	struct sysc *c = sysc_get(false);
 	struct conn *n;
 
 	if (!c || c->flags != SC_INCALL || c->sk)
@@ -569,8 +635,9 @@ static __always_inline bool sys_syn_sent(const struct sock *sk, bool btf)
 }
 
 /* state_syn_sent opens an attempt in inflight as sk moves to SYN_SENT in
- * the connecting thread, when no connect hook is attached. */
-static __always_inline void state_syn_sent(const struct sock *sk, bool btf)
+ * the connecting thread, when no connect hook is attached. atomics: claim
+ * a slot first (tp_btf). */
+static __always_inline void state_syn_sent(const struct sock *sk, bool btf, bool atomics)
 {
 	__u64 skp = (__u64)sk, cookie, old;
 	struct att_slot *sl;
@@ -587,7 +654,7 @@ static __always_inline void state_syn_sent(const struct sock *sk, bool btf)
 	 * it costs about 60 ns per connect here. */
 	if (events_on || !btf || !bpf_task_from_pid)
 		bpf_get_current_comm(n.comm, sizeof(n.comm));
-	if (btf) {
+	if (btf && atomics) {
 		cookie = bpf_get_socket_cookie((void *)sk);
 		i = cookie & SLOT_MASK;
 		sl = bpf_map_lookup_elem(&slots, &i);
@@ -631,13 +698,13 @@ static __always_inline void state_answer(struct conn *e, const struct sock *sk, 
 }
 
 /* state_slot returns sk's slot when it holds sk's attempt (tp_btf). */
-static __always_inline struct att_slot *state_slot(const struct sock *sk, bool btf)
+static __always_inline struct att_slot *state_slot(const struct sock *sk, bool btf, bool atomics)
 {
 	__u64 cookie;
 	struct att_slot *sl;
 	__u32 i;
 
-	if (!btf)
+	if (!btf || !atomics)
 		return NULL;
 	/* The cookie state_syn_sent had made: a plain load, not the helper. */
 	cookie = sk->__sk_common.skc_cookie.counter;
@@ -655,27 +722,45 @@ static __always_inline struct att_slot *state_slot(const struct sock *sk, bool b
  * connecting thread, before connect returned. NULL otherwise. */
 static __always_inline struct conn *in_call_conn(__u64 skp)
 {
-	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
+	struct sysc *c = sysc_get(false);
 
 	if (!c || c->sk != skp || !c->flags)
 		return NULL;
 	return &c->conn;
 }
 
+/* state_returned counts and reports, without atomics, an attempt whose
+ * connect() had returned as sk leaves SYN_SENT with err (0: established):
+ * sys_exit may hold the same attempt on another CPU, and whoever deletes
+ * it from `inflight` reports it. The entry is copied first: a deleted
+ * element can be taken again at once. */
+static __always_inline void state_returned(const struct conn *e, const struct sock *sk, int err)
+{
+	__u64 skp = (__u64)sk;
+	struct conn c = *e;
+
+	if (c.ts && !c.lat)
+		c.lat = bpf_ktime_get_ns() - c.ts;
+	if (bpf_map_delete_elem(&inflight, &skp))
+		return;
+	if (err)
+		count_errno(dest_get(&c), err);
+	emit(&c, sk, err);
+}
+
 /* on_state follows a connecting socket's state changes. btf: sk is a BTF
- * pointer (plain loads). */
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate, bool btf)
+ * pointer (plain loads); atomics: the kernel has BPF atomics. */
+static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate, bool btf, bool atomics)
 {
 	__u32 zero = 0, *so = bpf_map_lookup_elem(&state_only, &zero);
 	__u64 skp = (__u64)sk;
-	struct dest_stats *s;
+	__u32 old, done;
 	struct conn *e;
-	__u32 old;
 	int err;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
 		if (so && *so) {
-			state_syn_sent(sk, btf);
+			state_syn_sent(sk, btf, atomics);
 			return 0;
 		}
 		if (sys_syn_sent(sk, btf))
@@ -688,7 +773,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	if (oldstate != TCP_SYN_SENT)
 		return 0;
 	if (so && *so) {
-		struct att_slot *sl = state_slot(sk, btf);
+		struct att_slot *sl = state_slot(sk, btf, atomics);
 
 		if (sl) {
 			state_answer(&sl->conn, sk, newstate, sl, btf);
@@ -719,8 +804,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	e = bpf_map_lookup_elem(&inflight, &skp);
 	if (!e)
 		return 0;
-	if (e->ts && !e->lat)
-		e->lat = bpf_ktime_get_ns() - e->ts;
+	err = 0;
 	if (newstate == TCP_CLOSE) {
 		err = BPF_CORE_READ(sk, sk_err);
 		if (!err) {
@@ -731,14 +815,34 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 				bpf_map_delete_elem(&inflight, &skp);
 			return 0;
 		}
-		s = dest_get(e);
-		count_errno(s, err);
-		e->outcome = err;
-		old = __sync_fetch_and_or(&e->flags, F_ERR_COUNTED | F_DONE);
-	} else {
-		old = __sync_fetch_and_or(&e->flags, F_DONE);
-		err = 0;
 	}
+	if (!atomics && (e->flags & F_RETURNED)) {
+		state_returned(e, sk, err);
+		return 0;
+	}
+	if (e->ts && !e->lat)
+		e->lat = bpf_ktime_get_ns() - e->ts;
+	done = F_DONE;
+	if (err) {
+		e->outcome = err;
+		done |= F_ERR_COUNTED;
+	}
+	if (!atomics) {
+		/* Inside the connect call (fentry, kprobe), under the socket
+		 * lock: its return reports. */
+		if (err)
+			count_errno(dest_get(e), err);
+		e->flags |= done;
+		return 0;
+	}
+	/* The error is counted, and the attempt reported, by whichever of
+	 * this and sys_exit sets F_DONE first; the call's return reports
+	 * one that had not returned. */
+	old = __sync_fetch_and_or(&e->flags, done);
+	if (old & F_DONE)
+		return 0;
+	if (err)
+		count_errno(dest_get(e), err);
 	if (old & F_RETURNED) {
 		emit(e, sk, err);
 		bpf_map_delete_elem(&inflight, &skp);
@@ -755,36 +859,76 @@ static __always_inline bool connect_state(int oldstate, int newstate)
 	return oldstate == TCP_SYN_SENT || (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT);
 }
 
-SEC("fentry/tcp_set_state")
-int BPF_PROG(state_fentry, struct sock *sk, int state)
+static __always_inline int state_fn(struct sock *sk, int state, bool atomics)
 {
 	int oldstate = sk->__sk_common.skc_state;
 
 	if (!connect_state(oldstate, state))
 		return 0;
-	return on_state(sk, oldstate, state, true);
+	return on_state(sk, oldstate, state, true, atomics);
+}
+
+static __always_inline int state_tp(const struct sock *sk, int oldstate, int newstate, bool btf, bool atomics)
+{
+	__u16 proto;
+
+	if (!connect_state(oldstate, newstate))
+		return 0;
+	RD(btf, proto, sk->sk_protocol);
+	if (proto != IPPROTO_TCP)
+		return 0;
+	return on_state(sk, oldstate, newstate, btf, atomics);
+}
+
+/* Every program whose name ends in _noatomics is the one before it without
+ * BPF atomics (before 5.12): user space loads it in that one's place. */
+
+SEC("fentry/tcp_set_state")
+int BPF_PROG(state_fentry, struct sock *sk, int state)
+{
+	return state_fn(sk, state, true);
+}
+
+SEC("fentry/tcp_set_state")
+int BPF_PROG(state_fentry_noatomics, struct sock *sk, int state)
+{
+	return state_fn(sk, state, false);
 }
 
 SEC("kprobe/tcp_set_state")
 int BPF_KPROBE(state_kprobe, struct sock *sk, int state)
 {
-	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state, false);
+	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state, false, true);
+}
+
+SEC("kprobe/tcp_set_state")
+int BPF_KPROBE(state_kprobe_noatomics, struct sock *sk, int state)
+{
+	return on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state, false, false);
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(state_tp_btf, const struct sock *sk, int oldstate, int newstate)
 {
-	if (!connect_state(oldstate, newstate) || sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	return on_state(sk, oldstate, newstate, true);
+	return state_tp(sk, oldstate, newstate, true, true);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(state_tp_btf_noatomics, const struct sock *sk, int oldstate, int newstate)
+{
+	return state_tp(sk, oldstate, newstate, true, false);
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(state_raw_tp, const struct sock *sk, int oldstate, int newstate)
 {
-	if (!connect_state(oldstate, newstate) || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	return on_state(sk, oldstate, newstate, false);
+	return state_tp(sk, oldstate, newstate, false, true);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(state_raw_tp_noatomics, const struct sock *sk, int oldstate, int newstate)
+{
+	return state_tp(sk, oldstate, newstate, false, false);
 }
 
 /* ---- connect: fentry tier ---- */
@@ -803,15 +947,19 @@ static __always_inline int fn_begin(struct sock *sk, const struct sockaddr *uadd
 	return 0;
 }
 
-/* fn_end reports whether the entry belonged to this call. */
-static __always_inline bool fn_end(__u64 skp, long ret, __u32 fn)
+/* fn_end reports whether the entry belonged to this call. Without atomics
+ * the flag is cleared with a plain write: this runs inside the socket lock. */
+static __always_inline bool fn_end(__u64 skp, long ret, __u32 fn, bool atomics)
 {
 	struct conn *e = bpf_map_lookup_elem(&inflight, &skp);
 
 	if (!e || e->fn != fn || !(e->flags & F_INCALL))
 		return !e;
-	__sync_fetch_and_and(&e->flags, ~F_INCALL);
-	finish(skp, ret);
+	if (atomics)
+		__sync_fetch_and_and(&e->flags, ~F_INCALL);
+	else
+		e->flags &= ~F_INCALL;
+	finish(skp, ret, atomics);
 	return true;
 }
 
@@ -824,7 +972,14 @@ int BPF_PROG(connect4_fentry, struct sock *sk, struct sockaddr *uaddr)
 SEC("fexit/tcp_v4_connect")
 int BPF_PROG(connect4_fexit, struct sock *sk, struct sockaddr *uaddr, int addr_len, int ret)
 {
-	fn_end((__u64)sk, ret, 4);
+	fn_end((__u64)sk, ret, 4, true);
+	return 0;
+}
+
+SEC("fexit/tcp_v4_connect")
+int BPF_PROG(connect4_fexit_noatomics, struct sock *sk, struct sockaddr *uaddr, int addr_len, int ret)
+{
+	fn_end((__u64)sk, ret, 4, false);
 	return 0;
 }
 
@@ -837,7 +992,14 @@ int BPF_PROG(connect6_fentry, struct sock *sk, struct sockaddr *uaddr)
 SEC("fexit/tcp_v6_connect")
 int BPF_PROG(connect6_fexit, struct sock *sk, struct sockaddr *uaddr, int addr_len, int ret)
 {
-	fn_end((__u64)sk, ret, 6);
+	fn_end((__u64)sk, ret, 6, true);
+	return 0;
+}
+
+SEC("fexit/tcp_v6_connect")
+int BPF_PROG(connect6_fexit_noatomics, struct sock *sk, struct sockaddr *uaddr, int addr_len, int ret)
+{
+	fn_end((__u64)sk, ret, 6, false);
 	return 0;
 }
 
@@ -889,14 +1051,14 @@ static __always_inline int kp_begin(struct sock *sk, const struct sockaddr *uadd
 	return fn_begin(sk, uaddr, fn);
 }
 
-static __always_inline int kp_end(long ret, __u32 fn)
+static __always_inline int kp_end(long ret, __u32 fn, bool atomics)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &tid);
 
 	if (!c)
 		return 0;
-	if (fn_end(c->sk, ret, fn))
+	if (fn_end(c->sk, ret, fn, atomics))
 		bpf_map_delete_elem(&calls, &tid);
 	return 0;
 }
@@ -910,7 +1072,13 @@ int BPF_KPROBE(connect4_kprobe, struct sock *sk, struct sockaddr *uaddr)
 SEC("kretprobe/tcp_v4_connect")
 int BPF_KRETPROBE(connect4_kretprobe, int ret)
 {
-	return kp_end(ret, 4);
+	return kp_end(ret, 4, true);
+}
+
+SEC("kretprobe/tcp_v4_connect")
+int BPF_KRETPROBE(connect4_kretprobe_noatomics, int ret)
+{
+	return kp_end(ret, 4, false);
 }
 
 SEC("kprobe/tcp_v6_connect")
@@ -922,7 +1090,13 @@ int BPF_KPROBE(connect6_kprobe, struct sock *sk, struct sockaddr *uaddr)
 SEC("kretprobe/tcp_v6_connect")
 int BPF_KRETPROBE(connect6_kretprobe, int ret)
 {
-	return kp_end(ret, 6);
+	return kp_end(ret, 6, true);
+}
+
+SEC("kretprobe/tcp_v6_connect")
+int BPF_KRETPROBE(connect6_kretprobe_noatomics, int ret)
+{
+	return kp_end(ret, 6, false);
 }
 
 SEC("kprobe/__inet_hash_connect")
@@ -972,7 +1146,7 @@ static __always_inline int sys_begin(int fd, __u64 uaddr)
 
 	if (!pass_task())
 		return 0;
-	c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	c = sysc_get(true);
 	if (!c) {
 		drop(DROP_CALLS);
 		return 0;
@@ -985,6 +1159,8 @@ static __always_inline int sys_begin(int fd, __u64 uaddr)
 	c->uaddr = uaddr;
 	c->fd = fd;
 	c->start = events_on ? bpf_ktime_get_ns() : 0; /* only events show it */
+	if (!task_storage)
+		c->born = bpf_ktime_get_ns();
 	c->flags = SC_INCALL;
 	return 0;
 }
@@ -992,7 +1168,7 @@ static __always_inline int sys_begin(int fd, __u64 uaddr)
 /* sys_failed counts a connect() that failed before its socket reached
  * SYN_SENT (no route, EACCES, ...): rare, so it may walk the fd table and
  * read the user's sockaddr. */
-static __always_inline int sys_failed(const struct sysc *c, long ret)
+static __always_inline int sys_failed(const struct sysc *c, long ret, bool atomics)
 {
 	struct sock *sk = fd_sock(c->fd);
 	__u64 skp = (__u64)sk;
@@ -1001,12 +1177,12 @@ static __always_inline int sys_failed(const struct sysc *c, long ret)
 		return 0;
 	if (begin(skp, sk, (const void *)c->uaddr, true, 0, c->start))
 		return 0;
-	return finish(skp, ret);
+	return finish(skp, ret, atomics);
 }
 
 /* sys_finish counts the attempt the connect call holds in its storage
  * (c->sk set: it reached SYN_SENT) as the call returns ret. */
-static __always_inline int sys_finish(struct sysc *c, long ret)
+static __always_inline int sys_finish(struct sysc *c, long ret, bool atomics)
 {
 	const struct sock *sk = (const struct sock *)c->sk;
 	struct conn *e = &c->conn, *m;
@@ -1036,11 +1212,20 @@ static __always_inline int sys_finish(struct sysc *c, long ret)
 	}
 	/* The answer may have come on another CPU before the attempt was in
 	 * inflight. sk_err is set before the state changes, and the state
-	 * before it is seen here: whoever sets F_DONE first reports it. */
+	 * before it is seen here: whoever sets F_DONE first reports it
+	 * (without atomics: whoever deletes it from inflight). */
 	err = BPF_CORE_READ(sk, sk_err);
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (!err && state == TCP_SYN_SENT)
 		return 0;
+	if (!atomics) {
+		if (bpf_map_delete_elem(&inflight, &skp))
+			return 0;
+		if (err)
+			count_errno(dest_get(e), err);
+		emit(e, sk, err);
+		return 0;
+	}
 	m = bpf_map_lookup_elem(&inflight, &skp);
 	if (!m)
 		return 0;
@@ -1054,9 +1239,27 @@ static __always_inline int sys_finish(struct sysc *c, long ret)
 	return 0;
 }
 
-static __always_inline int sys_end(long ret)
+/* early_failure: a connect() that returned err without moving its socket
+ * to SYN_SENT failed before a SYN, and is counted at sys_exit. */
+static __always_inline bool early_failure(int err)
 {
-	struct sysc *c = bpf_task_storage_get(&sysc, bpf_get_current_task_btf(), 0, 0);
+	switch (err) {
+	case 0:           /* not TCP, or connect() again on a connected socket */
+	case EINPROGRESS: /* the same, non-blocking */
+	case EALREADY:
+	case EISCONN:
+	case ECONNREFUSED: /* connect() again after an outcome counted at the state change */
+	case ETIMEDOUT:
+	case ECONNRESET:
+	case ECONNABORTED:
+		return false;
+	}
+	return true;
+}
+
+static __always_inline int sys_end(long ret, bool atomics)
+{
+	struct sysc *c = sysc_get(false);
 	int err = ret < 0 ? -ret : 0;
 
 	if (!c || c->flags != SC_INCALL)
@@ -1068,19 +1271,11 @@ static __always_inline int sys_end(long ret)
 	}
 	c->flags = 0;
 	if (c->sk)
-		return sys_finish(c, ret);
-	switch (err) {
-	case 0:           /* not TCP, or connect() again on a connected socket */
-	case EINPROGRESS: /* the same, non-blocking */
-	case EALREADY:
-	case EISCONN:
-	case ECONNREFUSED: /* connect() again after an outcome counted at the state change */
-	case ETIMEDOUT:
-	case ECONNRESET:
-	case ECONNABORTED:
-		return 0;
-	}
-	return sys_failed(c, ret);
+		sys_finish(c, ret, atomics);
+	else if (early_failure(err))
+		sys_failed(c, ret, atomics);
+	sysc_put();
+	return 0;
 }
 
 struct sys_enter_connect_args {
@@ -1108,7 +1303,13 @@ int sys_enter_connect(struct sys_enter_connect_args *ctx)
 SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_exit_connect(struct sys_exit_args *ctx)
 {
-	return sys_end(ctx->ret);
+	return sys_end(ctx->ret, true);
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect_noatomics(struct sys_exit_args *ctx)
+{
+	return sys_end(ctx->ret, false);
 }
 
 /* raw_syscalls: for kernels without syscall tracepoints
@@ -1132,5 +1333,11 @@ int BPF_PROG(sys_enter_raw, struct pt_regs *regs, long id)
 SEC("raw_tp/sys_exit")
 int BPF_PROG(sys_exit_raw, struct pt_regs *regs, long ret)
 {
-	return sys_end(ret);
+	return sys_end(ret, true);
+}
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(sys_exit_raw_noatomics, struct pt_regs *regs, long ret)
+{
+	return sys_end(ret, false);
 }

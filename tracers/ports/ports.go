@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -54,7 +55,7 @@ var Hooks = []attach.Hook{
 func init() {
 	attach.Register(attach.TracerInfo{
 		Name: "ports", Summary: "connect() and ephemeral port allocation per destination",
-		Spec: loadPorts, Hooks: hooks(Options{}), Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
+		Spec: kernelSpec, Hooks: hooks(Options{}), Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
 	})
 }
 
@@ -81,6 +82,64 @@ func hooks(opts Options) []attach.Hook {
 		return Hooks
 	}
 	return attach.GiveUpBefore(Hooks, "connect", attach.Tracepoint, stateOnly)
+}
+
+// noAtomics ends the name of a program's variant for kernels without BPF
+// atomics (bpf/ports.bpf.c).
+const noAtomics = "_noatomics"
+
+// syscThreads is the size of the sysc hash that stands in for task storage:
+// threads inside connect() at once, with the tracepoint tier's --syscalls.
+const syscThreads = 16384
+
+// The probes kernelSpec asks; tests replace them to run the programs for
+// older kernels on this one.
+var (
+	hasTaskStorage = func() bool { return kernel.TaskStorage.Has() && kernel.CurrentTaskBTF.Has() }
+	hasAtomics     = kernel.Atomics.Has
+)
+
+// kernelSpec returns the ports programs as this kernel can load them.
+// Without task storage (Linux 5.11) the sysc map, which cilium/ebpf would
+// fail to create, becomes a hash keyed by thread id, and task_storage = 0
+// makes the programs use it (the verifier drops the other branch). Without
+// BPF atomics (5.12) each program that uses them is replaced by its
+// _noatomics variant under the same name, so the hooks and choices read the
+// same on every kernel; on newer kernels the variants are dropped before
+// loading and cost nothing.
+func kernelSpec() (*ebpf.CollectionSpec, error) {
+	spec, err := loadPorts()
+	if err != nil {
+		return nil, err
+	}
+	if !hasTaskStorage() {
+		m := spec.Maps["sysc"]
+		m.Type, m.Flags, m.MaxEntries = ebpf.Hash, 0, syscThreads
+		if err := spec.Variables["task_storage"].Set(uint32(0)); err != nil {
+			return nil, fmt.Errorf("set task_storage: %w", err)
+		}
+	}
+	atomics := hasAtomics()
+	var variants []string
+	for name := range spec.Programs {
+		if strings.HasSuffix(name, noAtomics) {
+			variants = append(variants, name)
+		}
+	}
+	for _, name := range variants {
+		p := spec.Programs[name]
+		delete(spec.Programs, name)
+		if atomics {
+			continue
+		}
+		base := strings.TrimSuffix(name, noAtomics)
+		if _, ok := spec.Programs[base]; !ok {
+			return nil, fmt.Errorf("program %s has no %s to stand in for", name, base)
+		}
+		p.Name = base
+		spec.Programs[base] = p
+	}
+	return spec, nil
 }
 
 // Options select what New traces.
@@ -120,7 +179,7 @@ func New(opts Options) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	spec, err := loadPorts()
+	spec, err := kernelSpec()
 	if err != nil {
 		return nil, fmt.Errorf("load ports spec: %w", err)
 	}
@@ -377,7 +436,49 @@ func (t *Tracer) ageInflight() (uint64, error) {
 		}
 	}
 	s, err := ageSlots(t.objs.Maps["slots"], now)
+	n += s
+	if err != nil {
+		return n, err
+	}
+	s, err = ageSysc(t.objs.Maps["sysc"], now)
 	return n + s, err
+}
+
+// ageSysc deletes the connect() calls older than maxAttempt from the sysc
+// hash that stands in for task storage (where task storage is, a thread's
+// storage goes with it): calls of threads killed inside connect(), or
+// interrupted for good. It returns how many held an attempt (a socket in
+// SYN_SENT), which count as dropped like the attempts aged out of inflight.
+func ageSysc(m *ebpf.Map, now uint64) (uint64, error) {
+	if m.Type() != ebpf.Hash {
+		return 0, nil
+	}
+	var (
+		tid uint32
+		v   portsSysc
+		old []uint32
+		n   uint64
+	)
+	held := map[uint32]bool{}
+	it := m.Iterate()
+	for it.Next(&tid, &v) {
+		if v.Born != 0 && v.Born < now && now-v.Born > uint64(maxAttempt) {
+			old = append(old, tid)
+			held[tid] = v.Sk != 0
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("read sysc map: %w", err)
+	}
+	for _, tid := range old {
+		err := m.Delete(tid)
+		if err == nil && held[tid] {
+			n++
+		} else if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("delete stale connect call: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // ageSlots frees the slots (the state-only tier's attempts) holding

@@ -107,56 +107,69 @@ type portsProcKey struct {
 }
 
 type portsSysc struct {
-	_     structs.HostLayout
-	Sk    uint64
-	Uaddr uint64
-	Start uint64
-	Fd    int32
-	Flags uint32
-	Conn  portsConn
+	_         structs.HostLayout
+	Sk        uint64
+	Uaddr     uint64
+	Start     uint64
+	Fd        int32
+	Flags     uint32
+	Conn      portsConn
+	TaskStart uint64
+	Born      uint64
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	portsMapCalls              = "calls"
-	portsMapDests              = "dests"
-	portsMapDrops              = "drops"
-	portsMapErrnos             = "errnos"
-	portsMapEvents             = "events"
-	portsMapInflight           = "inflight"
-	portsMapSlots              = "slots"
-	portsMapStateOnly          = "state_only"
-	portsMapSysc               = "sysc"
-	portsProgConnect4Fentry    = "connect4_fentry"
-	portsProgConnect4Fexit     = "connect4_fexit"
-	portsProgConnect4Kprobe    = "connect4_kprobe"
-	portsProgConnect4Kretprobe = "connect4_kretprobe"
-	portsProgConnect6Fentry    = "connect6_fentry"
-	portsProgConnect6Fexit     = "connect6_fexit"
-	portsProgConnect6Kprobe    = "connect6_kprobe"
-	portsProgConnect6Kretprobe = "connect6_kretprobe"
-	portsProgHashFentry        = "hash_fentry"
-	portsProgHashFexit         = "hash_fexit"
-	portsProgHashKprobe        = "hash_kprobe"
-	portsProgHashKretprobe     = "hash_kretprobe"
-	portsProgStateFentry       = "state_fentry"
-	portsProgStateKprobe       = "state_kprobe"
-	portsProgStateRawTp        = "state_raw_tp"
-	portsProgStateTpBtf        = "state_tp_btf"
-	portsProgSysEnterConnect   = "sys_enter_connect"
-	portsProgSysEnterRaw       = "sys_enter_raw"
-	portsProgSysExitConnect    = "sys_exit_connect"
-	portsProgSysExitRaw        = "sys_exit_raw"
-	portsVarEventsOn           = "events_on"
-	portsVarTargComm           = "targ_comm"
-	portsVarTargNetns          = "targ_netns"
-	portsVarTargTgid           = "targ_tgid"
-	portsVarUnusedConn         = "unused_conn"
-	portsVarUnusedEvent        = "unused_event"
-	portsVarUnusedProcKey      = "unused_proc_key"
-	portsVarUnusedSlot         = "unused_slot"
+	portsMapCalls                       = "calls"
+	portsMapDests                       = "dests"
+	portsMapDrops                       = "drops"
+	portsMapErrnos                      = "errnos"
+	portsMapEvents                      = "events"
+	portsMapInflight                    = "inflight"
+	portsMapSlots                       = "slots"
+	portsMapStateOnly                   = "state_only"
+	portsMapSysc                        = "sysc"
+	portsProgConnect4Fentry             = "connect4_fentry"
+	portsProgConnect4Fexit              = "connect4_fexit"
+	portsProgConnect4FexitNoatomics     = "connect4_fexit_noatomics"
+	portsProgConnect4Kprobe             = "connect4_kprobe"
+	portsProgConnect4Kretprobe          = "connect4_kretprobe"
+	portsProgConnect4KretprobeNoatomics = "connect4_kretprobe_noatomics"
+	portsProgConnect6Fentry             = "connect6_fentry"
+	portsProgConnect6Fexit              = "connect6_fexit"
+	portsProgConnect6FexitNoatomics     = "connect6_fexit_noatomics"
+	portsProgConnect6Kprobe             = "connect6_kprobe"
+	portsProgConnect6Kretprobe          = "connect6_kretprobe"
+	portsProgConnect6KretprobeNoatomics = "connect6_kretprobe_noatomics"
+	portsProgHashFentry                 = "hash_fentry"
+	portsProgHashFexit                  = "hash_fexit"
+	portsProgHashKprobe                 = "hash_kprobe"
+	portsProgHashKretprobe              = "hash_kretprobe"
+	portsProgStateFentry                = "state_fentry"
+	portsProgStateFentryNoatomics       = "state_fentry_noatomics"
+	portsProgStateKprobe                = "state_kprobe"
+	portsProgStateKprobeNoatomics       = "state_kprobe_noatomics"
+	portsProgStateRawTp                 = "state_raw_tp"
+	portsProgStateRawTpNoatomics        = "state_raw_tp_noatomics"
+	portsProgStateTpBtf                 = "state_tp_btf"
+	portsProgStateTpBtfNoatomics        = "state_tp_btf_noatomics"
+	portsProgSysEnterConnect            = "sys_enter_connect"
+	portsProgSysEnterRaw                = "sys_enter_raw"
+	portsProgSysExitConnect             = "sys_exit_connect"
+	portsProgSysExitConnectNoatomics    = "sys_exit_connect_noatomics"
+	portsProgSysExitRaw                 = "sys_exit_raw"
+	portsProgSysExitRawNoatomics        = "sys_exit_raw_noatomics"
+	portsVarEventsOn                    = "events_on"
+	portsVarTargComm                    = "targ_comm"
+	portsVarTargNetns                   = "targ_netns"
+	portsVarTargTgid                    = "targ_tgid"
+	portsVarTaskStorage                 = "task_storage"
+	portsVarUnusedConn                  = "unused_conn"
+	portsVarUnusedEvent                 = "unused_event"
+	portsVarUnusedProcKey               = "unused_proc_key"
+	portsVarUnusedSlot                  = "unused_slot"
 )
 
 // loadPorts returns the embedded CollectionSpec for ports.
@@ -201,26 +214,36 @@ type portsSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portsProgramSpecs struct {
-	Connect4Fentry    *ebpf.ProgramSpec `ebpf:"connect4_fentry"`
-	Connect4Fexit     *ebpf.ProgramSpec `ebpf:"connect4_fexit"`
-	Connect4Kprobe    *ebpf.ProgramSpec `ebpf:"connect4_kprobe"`
-	Connect4Kretprobe *ebpf.ProgramSpec `ebpf:"connect4_kretprobe"`
-	Connect6Fentry    *ebpf.ProgramSpec `ebpf:"connect6_fentry"`
-	Connect6Fexit     *ebpf.ProgramSpec `ebpf:"connect6_fexit"`
-	Connect6Kprobe    *ebpf.ProgramSpec `ebpf:"connect6_kprobe"`
-	Connect6Kretprobe *ebpf.ProgramSpec `ebpf:"connect6_kretprobe"`
-	HashFentry        *ebpf.ProgramSpec `ebpf:"hash_fentry"`
-	HashFexit         *ebpf.ProgramSpec `ebpf:"hash_fexit"`
-	HashKprobe        *ebpf.ProgramSpec `ebpf:"hash_kprobe"`
-	HashKretprobe     *ebpf.ProgramSpec `ebpf:"hash_kretprobe"`
-	StateFentry       *ebpf.ProgramSpec `ebpf:"state_fentry"`
-	StateKprobe       *ebpf.ProgramSpec `ebpf:"state_kprobe"`
-	StateRawTp        *ebpf.ProgramSpec `ebpf:"state_raw_tp"`
-	StateTpBtf        *ebpf.ProgramSpec `ebpf:"state_tp_btf"`
-	SysEnterConnect   *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
-	SysEnterRaw       *ebpf.ProgramSpec `ebpf:"sys_enter_raw"`
-	SysExitConnect    *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
-	SysExitRaw        *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
+	Connect4Fentry             *ebpf.ProgramSpec `ebpf:"connect4_fentry"`
+	Connect4Fexit              *ebpf.ProgramSpec `ebpf:"connect4_fexit"`
+	Connect4FexitNoatomics     *ebpf.ProgramSpec `ebpf:"connect4_fexit_noatomics"`
+	Connect4Kprobe             *ebpf.ProgramSpec `ebpf:"connect4_kprobe"`
+	Connect4Kretprobe          *ebpf.ProgramSpec `ebpf:"connect4_kretprobe"`
+	Connect4KretprobeNoatomics *ebpf.ProgramSpec `ebpf:"connect4_kretprobe_noatomics"`
+	Connect6Fentry             *ebpf.ProgramSpec `ebpf:"connect6_fentry"`
+	Connect6Fexit              *ebpf.ProgramSpec `ebpf:"connect6_fexit"`
+	Connect6FexitNoatomics     *ebpf.ProgramSpec `ebpf:"connect6_fexit_noatomics"`
+	Connect6Kprobe             *ebpf.ProgramSpec `ebpf:"connect6_kprobe"`
+	Connect6Kretprobe          *ebpf.ProgramSpec `ebpf:"connect6_kretprobe"`
+	Connect6KretprobeNoatomics *ebpf.ProgramSpec `ebpf:"connect6_kretprobe_noatomics"`
+	HashFentry                 *ebpf.ProgramSpec `ebpf:"hash_fentry"`
+	HashFexit                  *ebpf.ProgramSpec `ebpf:"hash_fexit"`
+	HashKprobe                 *ebpf.ProgramSpec `ebpf:"hash_kprobe"`
+	HashKretprobe              *ebpf.ProgramSpec `ebpf:"hash_kretprobe"`
+	StateFentry                *ebpf.ProgramSpec `ebpf:"state_fentry"`
+	StateFentryNoatomics       *ebpf.ProgramSpec `ebpf:"state_fentry_noatomics"`
+	StateKprobe                *ebpf.ProgramSpec `ebpf:"state_kprobe"`
+	StateKprobeNoatomics       *ebpf.ProgramSpec `ebpf:"state_kprobe_noatomics"`
+	StateRawTp                 *ebpf.ProgramSpec `ebpf:"state_raw_tp"`
+	StateRawTpNoatomics        *ebpf.ProgramSpec `ebpf:"state_raw_tp_noatomics"`
+	StateTpBtf                 *ebpf.ProgramSpec `ebpf:"state_tp_btf"`
+	StateTpBtfNoatomics        *ebpf.ProgramSpec `ebpf:"state_tp_btf_noatomics"`
+	SysEnterConnect            *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
+	SysEnterRaw                *ebpf.ProgramSpec `ebpf:"sys_enter_raw"`
+	SysExitConnect             *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
+	SysExitConnectNoatomics    *ebpf.ProgramSpec `ebpf:"sys_exit_connect_noatomics"`
+	SysExitRaw                 *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
+	SysExitRawNoatomics        *ebpf.ProgramSpec `ebpf:"sys_exit_raw_noatomics"`
 }
 
 // portsMapSpecs contains maps before they are loaded into the kernel.
@@ -246,6 +269,7 @@ type portsVariableSpecs struct {
 	TargComm      *ebpf.VariableSpec `ebpf:"targ_comm"`
 	TargNetns     *ebpf.VariableSpec `ebpf:"targ_netns"`
 	TargTgid      *ebpf.VariableSpec `ebpf:"targ_tgid"`
+	TaskStorage   *ebpf.VariableSpec `ebpf:"task_storage"`
 	UnusedConn    *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedProcKey *ebpf.VariableSpec `ebpf:"unused_proc_key"`
@@ -305,6 +329,7 @@ type portsVariables struct {
 	TargComm      *ebpf.Variable `ebpf:"targ_comm"`
 	TargNetns     *ebpf.Variable `ebpf:"targ_netns"`
 	TargTgid      *ebpf.Variable `ebpf:"targ_tgid"`
+	TaskStorage   *ebpf.Variable `ebpf:"task_storage"`
 	UnusedConn    *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedProcKey *ebpf.Variable `ebpf:"unused_proc_key"`
@@ -315,50 +340,70 @@ type portsVariables struct {
 //
 // It can be passed to loadPortsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portsPrograms struct {
-	Connect4Fentry    *ebpf.Program `ebpf:"connect4_fentry"`
-	Connect4Fexit     *ebpf.Program `ebpf:"connect4_fexit"`
-	Connect4Kprobe    *ebpf.Program `ebpf:"connect4_kprobe"`
-	Connect4Kretprobe *ebpf.Program `ebpf:"connect4_kretprobe"`
-	Connect6Fentry    *ebpf.Program `ebpf:"connect6_fentry"`
-	Connect6Fexit     *ebpf.Program `ebpf:"connect6_fexit"`
-	Connect6Kprobe    *ebpf.Program `ebpf:"connect6_kprobe"`
-	Connect6Kretprobe *ebpf.Program `ebpf:"connect6_kretprobe"`
-	HashFentry        *ebpf.Program `ebpf:"hash_fentry"`
-	HashFexit         *ebpf.Program `ebpf:"hash_fexit"`
-	HashKprobe        *ebpf.Program `ebpf:"hash_kprobe"`
-	HashKretprobe     *ebpf.Program `ebpf:"hash_kretprobe"`
-	StateFentry       *ebpf.Program `ebpf:"state_fentry"`
-	StateKprobe       *ebpf.Program `ebpf:"state_kprobe"`
-	StateRawTp        *ebpf.Program `ebpf:"state_raw_tp"`
-	StateTpBtf        *ebpf.Program `ebpf:"state_tp_btf"`
-	SysEnterConnect   *ebpf.Program `ebpf:"sys_enter_connect"`
-	SysEnterRaw       *ebpf.Program `ebpf:"sys_enter_raw"`
-	SysExitConnect    *ebpf.Program `ebpf:"sys_exit_connect"`
-	SysExitRaw        *ebpf.Program `ebpf:"sys_exit_raw"`
+	Connect4Fentry             *ebpf.Program `ebpf:"connect4_fentry"`
+	Connect4Fexit              *ebpf.Program `ebpf:"connect4_fexit"`
+	Connect4FexitNoatomics     *ebpf.Program `ebpf:"connect4_fexit_noatomics"`
+	Connect4Kprobe             *ebpf.Program `ebpf:"connect4_kprobe"`
+	Connect4Kretprobe          *ebpf.Program `ebpf:"connect4_kretprobe"`
+	Connect4KretprobeNoatomics *ebpf.Program `ebpf:"connect4_kretprobe_noatomics"`
+	Connect6Fentry             *ebpf.Program `ebpf:"connect6_fentry"`
+	Connect6Fexit              *ebpf.Program `ebpf:"connect6_fexit"`
+	Connect6FexitNoatomics     *ebpf.Program `ebpf:"connect6_fexit_noatomics"`
+	Connect6Kprobe             *ebpf.Program `ebpf:"connect6_kprobe"`
+	Connect6Kretprobe          *ebpf.Program `ebpf:"connect6_kretprobe"`
+	Connect6KretprobeNoatomics *ebpf.Program `ebpf:"connect6_kretprobe_noatomics"`
+	HashFentry                 *ebpf.Program `ebpf:"hash_fentry"`
+	HashFexit                  *ebpf.Program `ebpf:"hash_fexit"`
+	HashKprobe                 *ebpf.Program `ebpf:"hash_kprobe"`
+	HashKretprobe              *ebpf.Program `ebpf:"hash_kretprobe"`
+	StateFentry                *ebpf.Program `ebpf:"state_fentry"`
+	StateFentryNoatomics       *ebpf.Program `ebpf:"state_fentry_noatomics"`
+	StateKprobe                *ebpf.Program `ebpf:"state_kprobe"`
+	StateKprobeNoatomics       *ebpf.Program `ebpf:"state_kprobe_noatomics"`
+	StateRawTp                 *ebpf.Program `ebpf:"state_raw_tp"`
+	StateRawTpNoatomics        *ebpf.Program `ebpf:"state_raw_tp_noatomics"`
+	StateTpBtf                 *ebpf.Program `ebpf:"state_tp_btf"`
+	StateTpBtfNoatomics        *ebpf.Program `ebpf:"state_tp_btf_noatomics"`
+	SysEnterConnect            *ebpf.Program `ebpf:"sys_enter_connect"`
+	SysEnterRaw                *ebpf.Program `ebpf:"sys_enter_raw"`
+	SysExitConnect             *ebpf.Program `ebpf:"sys_exit_connect"`
+	SysExitConnectNoatomics    *ebpf.Program `ebpf:"sys_exit_connect_noatomics"`
+	SysExitRaw                 *ebpf.Program `ebpf:"sys_exit_raw"`
+	SysExitRawNoatomics        *ebpf.Program `ebpf:"sys_exit_raw_noatomics"`
 }
 
 func (p *portsPrograms) Close() error {
 	return _PortsClose(
 		p.Connect4Fentry,
 		p.Connect4Fexit,
+		p.Connect4FexitNoatomics,
 		p.Connect4Kprobe,
 		p.Connect4Kretprobe,
+		p.Connect4KretprobeNoatomics,
 		p.Connect6Fentry,
 		p.Connect6Fexit,
+		p.Connect6FexitNoatomics,
 		p.Connect6Kprobe,
 		p.Connect6Kretprobe,
+		p.Connect6KretprobeNoatomics,
 		p.HashFentry,
 		p.HashFexit,
 		p.HashKprobe,
 		p.HashKretprobe,
 		p.StateFentry,
+		p.StateFentryNoatomics,
 		p.StateKprobe,
+		p.StateKprobeNoatomics,
 		p.StateRawTp,
+		p.StateRawTpNoatomics,
 		p.StateTpBtf,
+		p.StateTpBtfNoatomics,
 		p.SysEnterConnect,
 		p.SysEnterRaw,
 		p.SysExitConnect,
+		p.SysExitConnectNoatomics,
 		p.SysExitRaw,
+		p.SysExitRawNoatomics,
 	)
 }
 

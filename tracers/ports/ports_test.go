@@ -650,59 +650,63 @@ func TestLatencyFigures(t *testing.T) {
 // restarted by the kernel: it counts once, with its final result.
 func TestRestartedConnect(t *testing.T) {
 	testutil.RequireBPF(t)
-	tiers(t, func(t *testing.T, tier attach.Tier) {
-		ns := testutil.NewNetns(t)
-		dest := netip.MustParseAddrPort("127.0.0.1:8089")
-		var lfd int
-		ns.Do(func() error { lfd, _ = testutil.Listen(t, "tcp4", dest.String(), 0); return nil })
-		tr := newTracer(t, ns, tier)
-		sa := &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}
-		fds := make(chan int, 2)
-		tids := make(chan int, 1)
-		errc := make(chan error, 2)
-		go ns.Do(func() error {
-			for i := range 2 {
-				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-				if err != nil {
-					errc <- err
-					return err
-				}
-				if i == 1 {
-					tids <- unix.Gettid()
-				}
-				errc <- unix.Connect(fd, sa) // the second waits: the accept queue is full
-				fds <- fd
+	tiers(t, func(t *testing.T, tier attach.Tier) { restartedConnect(t, Options{Tier: tier}) })
+	t.Run("tracepoint-syscalls", func(t *testing.T) { restartedConnect(t, Options{Tier: attach.Tracepoint, Syscalls: true}) })
+}
+
+// restartedConnect is TestRestartedConnect with opts.
+func restartedConnect(t *testing.T, opts Options) {
+	ns := testutil.NewNetns(t)
+	dest := netip.MustParseAddrPort("127.0.0.1:8089")
+	var lfd int
+	ns.Do(func() error { lfd, _ = testutil.Listen(t, "tcp4", dest.String(), 0); return nil })
+	tr := newTracerOpts(t, ns, opts)
+	sa := &unix.SockaddrInet4{Port: int(dest.Port()), Addr: dest.Addr().As4()}
+	fds := make(chan int, 2)
+	tids := make(chan int, 1)
+	errc := make(chan error, 2)
+	go ns.Do(func() error {
+		for i := range 2 {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				errc <- err
+				return err
 			}
-			return nil
-		})
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+			if i == 1 {
+				tids <- unix.Gettid()
+			}
+			errc <- unix.Connect(fd, sa) // the second waits: the accept queue is full
+			fds <- fd
 		}
-		tid := <-tids
-		time.Sleep(200 * time.Millisecond)
-		for range 5 {
-			unix.Tgkill(os.Getpid(), tid, unix.SIGURG)
-			time.Sleep(20 * time.Millisecond)
-		}
-		nfd, _, err := unix.Accept(lfd) // frees the queue; the SYN retransmit gets in
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(nfd)
-		if err := <-errc; err != nil {
-			t.Fatalf("second connect: %v", err)
-		}
-		unix.Close(<-fds)
-		unix.Close(<-fds)
-		f, err := tr.Frame(time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := findRow(t, f, dest.String())
-		if r.Connects != 2 || r.Errors != 0 || r.AddrNA != 0 {
-			t.Errorf("%d connects, %d errors; the client made 2, both ok", r.Connects, r.Errors+r.AddrNA)
-		}
+		return nil
 	})
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	tid := <-tids
+	time.Sleep(200 * time.Millisecond)
+	for range 5 {
+		unix.Tgkill(os.Getpid(), tid, unix.SIGURG)
+		time.Sleep(20 * time.Millisecond)
+	}
+	nfd, _, err := unix.Accept(lfd) // frees the queue; the SYN retransmit gets in
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(nfd)
+	if err := <-errc; err != nil {
+		t.Fatalf("second connect: %v", err)
+	}
+	unix.Close(<-fds)
+	unix.Close(<-fds)
+	f, err := tr.Frame(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := findRow(t, f, dest.String())
+	if r.Connects != 2 || r.Errors != 0 || r.AddrNA != 0 {
+		t.Errorf("%d connects, %d errors; the client made 2, both ok", r.Connects, r.Errors+r.AddrNA)
+	}
 }
 
 // dialN makes n connects to ap from inside ns and counts those that failed
@@ -870,6 +874,53 @@ func TestAgeInflight(t *testing.T) {
 	}
 	if s.Drops.Inflight != 2 {
 		t.Errorf("inflight drops %d, want 2 (one attempt in the map, one in a slot)", s.Drops.Inflight)
+	}
+}
+
+// Without task storage, the connect() calls of threads killed inside them
+// stay in the sysc hash: aged out too, and counted when they held an
+// attempt.
+func TestAgeSysc(t *testing.T) {
+	testutil.RequireBPF(t)
+	saved := maxAttempt
+	maxAttempt = time.Second
+	t.Cleanup(func() { maxAttempt = saved })
+	olderKernel(t)
+	ns := testutil.NewNetns(t)
+	tr := newTracerOpts(t, ns, Options{Tier: attach.Tracepoint, Syscalls: true})
+	m := tr.objs.Maps["sysc"]
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	// Thread ids above pid_max's limit (2^22): no thread has them.
+	held, unheld, fresh := uint32(0x7ffffff0), uint32(0x7ffffff1), uint32(0x7ffffff2)
+	for tid, v := range map[uint32]portsSysc{
+		held:   {Sk: 0xdead0000, Flags: 2, Born: 1},
+		unheld: {Flags: 1, Born: 1},
+		fresh:  {Sk: 0xfeed0000, Flags: 1, Born: uint64(ts.Nano())},
+	} {
+		if err := m.Put(tid, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { m.Delete(fresh) })
+	tr.lastAge = time.Time{}
+	s, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v portsSysc
+	for _, tid := range []uint32{held, unheld} {
+		if err := m.Lookup(tid, &v); err == nil {
+			t.Errorf("stale call of thread %#x still in the sysc hash", tid)
+		}
+	}
+	if err := m.Lookup(fresh, &v); err != nil {
+		t.Errorf("fresh call aged out: %v", err)
+	}
+	if s.Drops.Inflight != 1 {
+		t.Errorf("inflight drops %d, want 1 (the stale call that held an attempt)", s.Drops.Inflight)
 	}
 }
 
