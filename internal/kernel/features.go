@@ -124,15 +124,33 @@ func FeatureProbes() []Probe {
 	return out
 }
 
-// probeAtomics loads a socket filter that compare-and-exchanges a stack slot.
+// probeAtomics loads a socket filter that does what the programs do on an
+// array map value: a 64-bit compare-and-exchange (sched claims a slot with
+// one), a 64-bit fetch-and-add, a 32-bit exchange and fetch-or. Kernels
+// before 5.12 know only the plain atomic add (BPF_XADD, imm 0) and refuse
+// any other atomic before verifying ("BPF_STX uses reserved fields").
 func probeAtomics() error {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1})
+	if err != nil {
+		return fmt.Errorf("create array map: %w", err)
+	}
+	defer m.Close()
 	insns := asm.Instructions{
 		asm.Mov.Imm(asm.R0, 0),
-		asm.StoreMem(asm.R10, -8, asm.R0, asm.DWord),
+		asm.StoreMem(asm.R10, -4, asm.R0, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.Mov.Reg(asm.R6, asm.R0),
 		asm.Mov.Imm(asm.R1, 1),
-		asm.CmpXchg.Mem(asm.R10, asm.R1, asm.DWord, -8),
-		asm.FetchAdd.Mem(asm.R10, asm.R1, asm.DWord, -8),
 		asm.Mov.Imm(asm.R0, 0),
+		atomicOp(asm.CmpXchg, asm.R6, asm.R1, asm.DWord, 0),
+		atomicOp(asm.FetchAdd, asm.R6, asm.R1, asm.DWord, 0),
+		atomicOp(asm.Xchg, asm.R6, asm.R1, asm.Word, 8),
+		atomicOp(asm.FetchOr, asm.R6, asm.R1, asm.Word, 12),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
 		asm.Return(),
 	}
 	p, err := loadTiny(&ebpf.ProgramSpec{Type: ebpf.SocketFilter, Instructions: insns})
@@ -140,6 +158,16 @@ func probeAtomics() error {
 		return err
 	}
 	return p.Close()
+}
+
+// atomicOp is op.Mem with the operation in the immediate too: cilium/ebpf
+// encodes an atomic's immediate from Instruction.Constant, which Mem leaves
+// 0, so op.Mem alone emits a plain atomic add whatever op is (objects read
+// from ELF keep their immediate).
+func atomicOp(op asm.AtomicOp, dst, src asm.Register, size asm.Size, off int16) asm.Instruction {
+	ins := op.Mem(dst, src, size, off)
+	ins.Constant = int64(op >> 8)
+	return ins
 }
 
 func probeHashLookupDelete() error {
