@@ -11,7 +11,10 @@
  * atomics but the compare-and-swap that claims a slot: every field of a
  * thread's entry is written by that thread's own switches, which the
  * scheduler serializes, except ts_queued, which a waker sets while the
- * thread sleeps.
+ * thread sleeps. Kernels before 5.12 have no compare-and-swap and refuse
+ * any program that holds one: the *_nocas programs, the same code but for
+ * the claim, stand in for the others there (user space picks them by
+ * probing).
  *
  * The off-CPU accounting is shared with the profiler's off-CPU stacks
  * (nettrace profile --off-cpu): with offcpu_stacks set, offcpu_out records
@@ -26,6 +29,10 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define TASK_RUNNING 0
+/* task_stat.nvcsw: the low 31 bits of the task's nvcsw, and this bit when
+ * they were read (0: not yet). */
+#define NVCSW_SEEN 0x80000000u
+#define NVCSW_MASK 0x7fffffffu
 #define TASK_COMM_LEN 16
 #define MAX_STACK_DEPTH 127
 #define EFAULT 14
@@ -59,7 +66,7 @@ struct task_stat {
 	__u32 tgid;
 	__s32 kstack;	 /* where it blocked, with offcpu_stacks: kernel stack id */
 	__s32 ustack;	 /* and user stack id (-1: none) */
-	__u32 pad;
+	__u32 nvcsw;	 /* without prev_state: NVCSW_SEEN | its nvcsw at its last switch */
 	char comm[TASK_COMM_LEN];
 	struct hist runq; /* run-queue delays, log2 microseconds */
 };
@@ -80,6 +87,16 @@ struct {
 } slots SEC(".maps");
 
 const volatile __u32 slot_mask = 16383;
+
+/* The *_nocas programs claim a slot by inserting its index here: of the
+ * CPUs that try at once, one inserts it. User space deletes the claim when
+ * it frees the slot. Sized from Go (one entry per slot) where they run. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} slot_claims SEC(".maps");
 
 /* Threads whose slot was taken. */
 struct {
@@ -254,7 +271,20 @@ static __always_inline void init_stat(struct task_stat *s, __u32 tgid, struct ta
 	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), &t->comm);
 }
 
-static __always_inline struct task_stat *get_stat(__u32 pid, __u32 tgid, struct task_struct *t)
+/* claim_slot makes pid the owner of the free slot s (index idx), with a
+ * compare-and-swap of its tid, or without one (cas false) through
+ * slot_claims; false when another thread was first. */
+static __always_inline bool claim_slot(struct task_stat *s, __u32 idx, __u32 pid, bool cas)
+{
+	if (cas)
+		return __sync_val_compare_and_swap(&s->tid, 0, (__u64)pid) == 0;
+	if (bpf_map_update_elem(&slot_claims, &idx, &pid, BPF_NOEXIST))
+		return false;
+	s->tid = pid;
+	return true;
+}
+
+static __always_inline struct task_stat *get_stat(__u32 pid, __u32 tgid, struct task_struct *t, bool cas)
 {
 	__u32 idx = pid & slot_mask, zero = 0;
 	struct task_stat *s = bpf_map_lookup_elem(&slots, &idx);
@@ -273,7 +303,7 @@ static __always_inline struct task_stat *get_stat(__u32 pid, __u32 tgid, struct 
 		return s;
 	if (free) {
 		s = bpf_map_lookup_elem(&slots, &idx);
-		if (s && __sync_val_compare_and_swap(&s->tid, 0, (__u64)pid) == 0) {
+		if (s && claim_slot(s, idx, pid, cas)) {
 			/* The new owner zeroes the slot: user space frees it by
 			 * clearing tid alone, so no store of user space's can
 			 * land on the new owner's figures. */
@@ -398,21 +428,71 @@ static __always_inline __u64 rq_clock_raw(struct task_struct *t)
 	return bpf_ktime_get_ns();
 }
 
-static __always_inline void on_switch(void *ctx, __u64 now, bool preempt, unsigned int prev_state,
-				      struct task_struct *prev, __u32 prev_pid, __u32 prev_tgid,
-				      struct task_struct *next, __u32 next_pid, __u32 next_tgid)
+/* One sched_switch as a program reads it. */
+struct switch_ev {
+	struct task_struct *prev, *next;
+	__u64 now; /* the run queue's clock */
+	__u32 prev_pid, prev_tgid, next_pid, next_tgid;
+	bool preempt;
+	bool btf;	/* the tasks are BTF pointers (tp_btf): direct loads */
+	bool has_state; /* prev_state is the tracepoint's (Linux 5.18+) */
+	unsigned int prev_state;
+};
+
+/* The task's state for kernels whose sched_switch has no prev_state
+ * (task_struct.state before 5.14, __state since). */
+struct task_struct___state_long {
+	long state;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned int task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((struct task_struct___state_long *)t, state);
+}
+
+static __always_inline __u32 task_nvcsw(struct task_struct *t, bool btf)
+{
+	return (btf ? t->nvcsw : BPF_CORE_READ(t, nvcsw)) & NVCSW_MASK;
+}
+
+/* switched_invol tells whether prev's switch is involuntary as __schedule
+ * counts it: not preempted and no longer TASK_RUNNING is a block
+ * (nvcsw). Without the tracepoint's prev_state, the task's own nvcsw says
+ * it: __schedule adds the switch to nvcsw or nivcsw before the tracepoint
+ * (the state read now can be TASK_RUNNING again for a task that blocked
+ * with a signal pending, which __schedule counts as a block); at a task's
+ * first switch seen, which only a task running when the programs attached
+ * has, its state now is all there is. */
+static __always_inline bool switched_invol(struct task_stat *s, const struct switch_ev *e)
+{
+	__u32 nvcsw;
+	bool invol;
+
+	if (e->has_state)
+		return e->preempt || e->prev_state == TASK_RUNNING;
+	nvcsw = task_nvcsw(e->prev, e->btf) | NVCSW_SEEN;
+	if (s->nvcsw & NVCSW_SEEN)
+		invol = s->nvcsw == nvcsw;
+	else
+		invol = e->preempt || task_state(e->prev) == TASK_RUNNING;
+	s->nvcsw = nvcsw;
+	return invol;
+}
+
+static __always_inline void on_switch(void *ctx, const struct switch_ev *e, bool cas)
 {
 	struct task_stat *s;
-	__u64 since = 0;
+	__u64 since = 0, now = e->now;
 	struct cpu_run *c;
 	__u32 zero = 0, *sync;
-	bool invol;
 
 	c = bpf_map_lookup_elem(&running, &zero);
 	if (c) {
 		since = c->since;
 		c->since = now;
-		c->tid = next_pid;
+		c->tid = e->next_pid;
 		sync = bpf_map_lookup_elem(&clock_sync, &zero);
 		if (sync && *sync != c->sync) {
 			c->sync = *sync;
@@ -420,13 +500,10 @@ static __always_inline void on_switch(void *ctx, __u64 now, bool preempt, unsign
 			c->sync_clock = now;
 		}
 	}
-	if (wanted(prev_pid, prev_tgid, prev)) {
-		s = get_stat(prev_pid, prev_tgid, prev);
+	if (wanted(e->prev_pid, e->prev_tgid, e->prev)) {
+		s = get_stat(e->prev_pid, e->prev_tgid, e->prev, cas);
 		if (s) {
-			/* As __schedule counts nvcsw: blocked when not preempted
-			 * and no longer TASK_RUNNING. */
-			invol = preempt || prev_state == TASK_RUNNING;
-			if (invol) {
+			if (switched_invol(s, e)) {
 				s->invol++;
 				s->ts_queued = now;
 			} else {
@@ -440,11 +517,13 @@ static __always_inline void on_switch(void *ctx, __u64 now, bool preempt, unsign
 			offcpu_out(ctx, s, now);
 		}
 	}
-	if (!wanted(next_pid, next_tgid, next))
+	if (!wanted(e->next_pid, e->next_tgid, e->next))
 		return;
-	s = get_stat(next_pid, next_tgid, next);
+	s = get_stat(e->next_pid, e->next_tgid, e->next, cas);
 	if (!s)
 		return;
+	if (!e->has_state) /* the count its next switch adds to */
+		s->nvcsw = task_nvcsw(e->next, e->btf) | NVCSW_SEEN;
 	if (s->ts_queued) {
 		__u64 d = now - s->ts_queued;
 
@@ -459,41 +538,79 @@ static __always_inline void on_switch(void *ctx, __u64 now, bool preempt, unsign
 
 		s->ts_out = 0;
 		if (d >= min_block_ns)
-			offcpu_in(s, next_pid, d);
+			offcpu_in(s, e->next_pid, d);
 	}
 }
 
-static __always_inline void on_wakeup(struct task_struct *p, __u32 pid, __u32 tgid, bool btf)
+static __always_inline void on_wakeup(struct task_struct *p, __u32 pid, __u32 tgid, bool btf, bool cas)
 {
 	struct task_stat *s;
 
 	if (!wanted(pid, tgid, p))
 		return;
-	s = get_stat(pid, tgid, p);
+	s = get_stat(pid, tgid, p, cas);
 	if (s)
 		s->ts_queued = btf ? rq_clock_btf(p) : rq_clock_raw(p);
 }
 
+/* The programs, as typed (tp_btf) or raw (raw_tp) tracepoints, each with
+ * the tracepoint's prev_state (5.18+) or without (_nostate), and with the
+ * compare-and-swap or without (_nocas). */
+static __always_inline void switch_btf(void *ctx, bool preempt, struct task_struct *prev,
+				       struct task_struct *next, bool has_state, unsigned int prev_state, bool cas)
+{
+	struct switch_ev e = {
+		.prev = prev, .next = next, .now = rq_clock_btf(prev),
+		.prev_pid = prev->pid, .prev_tgid = prev->tgid, .next_pid = next->pid, .next_tgid = next->tgid,
+		.preempt = preempt, .btf = true, .has_state = has_state, .prev_state = prev_state,
+	};
+
+	on_switch(ctx, &e, cas);
+}
+
+static __always_inline void switch_raw(void *ctx, bool preempt, struct task_struct *prev,
+				       struct task_struct *next, bool has_state, unsigned int prev_state, bool cas)
+{
+	struct switch_ev e = {
+		.prev = prev, .next = next, .now = rq_clock_raw(prev),
+		.prev_pid = BPF_CORE_READ(prev, pid), .prev_tgid = BPF_CORE_READ(prev, tgid),
+		.next_pid = BPF_CORE_READ(next, pid), .next_tgid = BPF_CORE_READ(next, tgid),
+		.preempt = preempt, .has_state = has_state, .prev_state = prev_state,
+	};
+
+	on_switch(ctx, &e, cas);
+}
+
+/* sched_switch: prev leaves the CPU (a voluntary or involuntary switch,
+ * its on-CPU span ends, its off-CPU span starts), next gets it (its
+ * run-queue wait and off-CPU span end). */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(sched_switch_btf, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	on_switch(ctx, rq_clock_btf(prev), preempt, prev_state, prev, prev->pid, prev->tgid, next, next->pid,
-		  next->tgid);
+	switch_btf(ctx, preempt, prev, next, true, prev_state, true);
 	return 0;
 }
 
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(sched_wakeup_btf, struct task_struct *p)
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch_btf_nocas, bool preempt, struct task_struct *prev,
+	     struct task_struct *next, unsigned int prev_state)
 {
-	on_wakeup(p, p->pid, p->tgid, true);
+	switch_btf(ctx, preempt, prev, next, true, prev_state, false);
 	return 0;
 }
 
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(sched_wakeup_new_btf, struct task_struct *p)
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch_btf_nostate, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	on_wakeup(p, p->pid, p->tgid, true);
+	switch_btf(ctx, preempt, prev, next, false, 0, true);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch_btf_nostate_nocas, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	switch_btf(ctx, preempt, prev, next, false, 0, false);
 	return 0;
 }
 
@@ -501,22 +618,87 @@ SEC("raw_tp/sched_switch")
 int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	on_switch(ctx, rq_clock_raw(prev), preempt, prev_state, prev, BPF_CORE_READ(prev, pid), BPF_CORE_READ(prev, tgid),
-		  next, BPF_CORE_READ(next, pid), BPF_CORE_READ(next, tgid));
+	switch_raw(ctx, preempt, prev, next, true, prev_state, true);
+	return 0;
+}
+
+SEC("raw_tp/sched_switch")
+int BPF_PROG(sched_switch_raw_nocas, bool preempt, struct task_struct *prev,
+	     struct task_struct *next, unsigned int prev_state)
+{
+	switch_raw(ctx, preempt, prev, next, true, prev_state, false);
+	return 0;
+}
+
+SEC("raw_tp/sched_switch")
+int BPF_PROG(sched_switch_raw_nostate, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	switch_raw(ctx, preempt, prev, next, false, 0, true);
+	return 0;
+}
+
+SEC("raw_tp/sched_switch")
+int BPF_PROG(sched_switch_raw_nostate_nocas, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	switch_raw(ctx, preempt, prev, next, false, 0, false);
+	return 0;
+}
+
+/* sched_wakeup and sched_wakeup_new: p becomes runnable (its run-queue
+ * wait starts). */
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(sched_wakeup_btf, struct task_struct *p)
+{
+	on_wakeup(p, p->pid, p->tgid, true, true);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(sched_wakeup_btf_nocas, struct task_struct *p)
+{
+	on_wakeup(p, p->pid, p->tgid, true, false);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(sched_wakeup_new_btf, struct task_struct *p)
+{
+	on_wakeup(p, p->pid, p->tgid, true, true);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(sched_wakeup_new_btf_nocas, struct task_struct *p)
+{
+	on_wakeup(p, p->pid, p->tgid, true, false);
 	return 0;
 }
 
 SEC("raw_tp/sched_wakeup")
 int BPF_PROG(sched_wakeup_raw, struct task_struct *p)
 {
-	on_wakeup(p, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), false);
+	on_wakeup(p, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), false, true);
+	return 0;
+}
+
+SEC("raw_tp/sched_wakeup")
+int BPF_PROG(sched_wakeup_raw_nocas, struct task_struct *p)
+{
+	on_wakeup(p, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), false, false);
 	return 0;
 }
 
 SEC("raw_tp/sched_wakeup_new")
 int BPF_PROG(sched_wakeup_new_raw, struct task_struct *p)
 {
-	on_wakeup(p, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), false);
+	on_wakeup(p, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), false, true);
+	return 0;
+}
+
+SEC("raw_tp/sched_wakeup_new")
+int BPF_PROG(sched_wakeup_new_raw_nocas, struct task_struct *p)
+{
+	on_wakeup(p, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), false, false);
 	return 0;
 }
 

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -53,61 +58,116 @@ func threadVol(t *testing.T, tid int) uint64 {
 }
 
 // TestSchedJSON runs `nettrace sched -p <this test> -T -o json` while one of
-// our threads sleeps 1 ms at a time, and checks that thread's row against
-// /proc.
+// our threads sleeps 1 ms at a time, and checks that thread's row of each
+// interval against /proc: the test reads the thread's
+// voluntary_ctxt_switches as each interval comes out. The command's
+// snapshot falls between the interval's time (its wake-up) and that read,
+// so only the sleeps that began in between can be counted in one interval
+// by the command and in the next by /proc; the thread notes when each
+// sleep begins, and the two counts must agree but for those.
 func TestSchedJSON(t *testing.T) {
 	testutil.RequireBPF(t)
+	var (
+		mu     sync.Mutex
+		starts []time.Time // when each sleep began
+	)
 	tidc := make(chan int)
 	stop := make(chan struct{})
-	done := make(chan [2]uint64)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		tid := unix.Gettid()
-		tidc <- tid
-		before := threadVol(t, tid)
-		var n uint64
+		tidc <- unix.Gettid()
 		for {
 			select {
 			case <-stop:
-				done <- [2]uint64{n, threadVol(t, tid) - before}
 				return
 			default:
 			}
+			mu.Lock()
+			starts = append(starts, time.Now())
+			mu.Unlock()
 			unix.Nanosleep(&unix.Timespec{Nsec: 1e6}, nil)
-			n++
 		}
 	}()
 	tid := <-tidc
-	r := run(t, nil, "sched", "-p", strconv.Itoa(os.Getpid()), "-T", "-o", "json", "-i", "500ms", "-c", "2")
-	close(stop)
-	got := <-done
-	if r.code != 0 {
-		t.Fatalf("sched failed (%d): %s", r.code, r.stderr)
+	defer func() { close(stop); <-done }()
+	cmd := exec.Command(binary, "sched", "-p", strconv.Itoa(os.Getpid()), "-T", "-o", "json", "-i", "500ms", "-c", "3")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	intervals, rows := ndjson(t, r.stdout)
-	if len(intervals) != 2 {
-		t.Fatalf("%d intervals, want 2", len(intervals))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	if tiers := intervals[0]["tiers"].(map[string]any); tiers["switch"] == nil || tiers["wakeup"] == nil {
-		t.Errorf("tiers %v", tiers)
+	type interval struct {
+		woke, read time.Time // the command's wake-up; our read of /proc
+		proc       uint64    // /proc's count at read
+		vol        float64   // the command's count for the thread
 	}
-	var vol float64
-	for _, row := range rows {
-		if row["pid"].(float64) != float64(os.Getpid()) {
-			t.Errorf("row of pid %v with -p %d", row["pid"], os.Getpid())
+	var ivs []interval
+	for sc := bufio.NewScanner(out); sc.Scan(); {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("parse %q: %v", sc.Text(), err)
 		}
-		if row["tid"].(float64) == float64(tid) {
-			vol += row["voluntary"].(float64)
-			if row["voluntary_per_s"].(float64) <= 0 {
-				t.Errorf("row %v has no rate", row)
+		switch m["type"] {
+		case "interval":
+			iv := interval{proc: threadVol(t, tid), read: time.Now()}
+			if iv.woke, err = time.Parse(time.RFC3339Nano, m["time"].(string)); err != nil {
+				t.Fatal(err)
+			}
+			ivs = append(ivs, iv)
+			if tiers := m["tiers"].(map[string]any); tiers["switch"] == nil || tiers["wakeup"] == nil {
+				t.Errorf("tiers %v", tiers)
+			}
+		case "row":
+			if m["pid"].(float64) != float64(os.Getpid()) {
+				t.Errorf("row of pid %v with -p %d", m["pid"], os.Getpid())
+			}
+			if m["tid"].(float64) == float64(tid) && len(ivs) > 0 {
+				ivs[len(ivs)-1].vol += m["voluntary"].(float64)
+				if m["voluntary_per_s"].(float64) <= 0 {
+					t.Errorf("row %v has no rate", m)
+				}
+			}
+		default:
+			t.Fatalf("object of type %v", m["type"])
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("sched failed (%v): %s", err, stderr.String())
+	}
+	if len(ivs) != 3 {
+		t.Fatalf("%d intervals, want 3", len(ivs))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// between counts the sleeps begun around the snapshot of interval i.
+	between := func(i int) int {
+		var n int
+		for _, at := range starts {
+			if !at.Before(ivs[i].woke.Add(-time.Millisecond)) && !at.After(ivs[i].read.Add(time.Millisecond)) {
+				n++
 			}
 		}
+		return n
 	}
-	t.Logf("thread %d: %d sleeps, /proc %d voluntary switches while the command ran longer, nettrace %v", tid, got[0], got[1], vol)
-	// The sleeps went on through both intervals; /proc brackets the command.
-	if vol < 500 || uint64(vol) > got[1] {
-		t.Errorf("nettrace counted %v voluntary switches; /proc %d over a longer span", vol, got[1])
+	// The first interval began when the command attached, which /proc
+	// cannot bracket; the others began at the previous interval.
+	for i := 1; i < len(ivs); i++ {
+		want := ivs[i].proc - ivs[i-1].proc
+		slack := between(i-1) + between(i) + 2
+		t.Logf("interval %d: thread %d, nettrace %v voluntary switches, /proc %d (%d sleeps begun around the snapshots)", i+1, tid, ivs[i].vol, want, slack-2)
+		if want < 100 {
+			t.Fatalf("interval %d: the thread switched only %d times in /proc", i+1, want)
+		}
+		if d := ivs[i].vol - float64(want); d > float64(slack) || d < -float64(slack) {
+			t.Errorf("interval %d: nettrace counted %v voluntary switches, /proc %d, which %d sleeps around the snapshots can explain", i+1, ivs[i].vol, want, slack)
+		}
 	}
 }
 

@@ -374,16 +374,31 @@ func TestCPUList(t *testing.T) {
 
 // TestOffCPU runs a thread that sleeps 500 ms of every second for 3 s and
 // exits: about half its wall time must be charged off CPU under the
-// nanosleep syscall's kernel frames and its own (named) user frames.
+// nanosleep syscall's kernel frames and its own (named) user frames. The
+// helper runs under a name of its own, so that the tracer sees it alone
+// (not this test's own threads, whose stacks would share the stack map).
+// A stack that collides with another in the stack map is lost, which the
+// profile says (the sample's lost flag, counted in Lost): every span of the
+// thread under nanosleep must be named goSleep or said lost, none may come
+// out unnamed.
 func TestOffCPU(t *testing.T) {
 	testutil.RequireBPF(t)
-	tr, err := New(Options{OffCPU: true, Comm: filepath.Base(os.Args[0]), MinBlock: time.Millisecond})
+	const name = "offcpu-sleeper"
+	self, err := filepath.Abs(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), name)
+	if err := os.Symlink(self, link); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := New(Options{OffCPU: true, Comm: name, MinBlock: time.Millisecond})
 	if err != nil {
 		t.Fatalf("New: %+v", err)
 	}
 	defer tr.Close()
 	t.Logf("tiers: %v", tr.objs.Tiers())
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd := exec.Command(link, "-test.run=^$")
 	cmd.Env = append(os.Environ(), "NETTRACE_PROFILE_HELPER=sleep")
 	out, err := cmd.Output()
 	if err != nil {
@@ -402,8 +417,12 @@ func TestOffCPU(t *testing.T) {
 	if !p.OffCPU || p.Lost.Samples != 0 {
 		t.Errorf("OffCPU %v, lost %+v", p.OffCPU, p.Lost)
 	}
-	var sleep, all time.Duration
-	var named bool
+	var (
+		sleep, all      time.Duration // under nanosleep, off CPU in all
+		named, userLost time.Duration // under nanosleep: in goSleep, user stack lost
+		kernelLost      time.Duration // kernel stack lost
+		desc            strings.Builder
+	)
 	for _, s := range p.Samples {
 		if s.TID != tid {
 			continue
@@ -411,21 +430,39 @@ func TestOffCPU(t *testing.T) {
 		if s.PID != pid {
 			t.Fatalf("thread %d in process %d, want %d", tid, s.PID, pid)
 		}
-		all += time.Duration(s.Nanos)
+		if s.Comm != name {
+			t.Errorf("thread %d in process %q, want %q", tid, s.Comm, name)
+		}
+		fmt.Fprintf(&desc, "  %v in %d spans, user %v (lost %v), kernel %v (lost %v)\n", time.Duration(s.Nanos), s.Count, s.User, s.UserLost, s.Kernel, s.KernelLost)
+		d := time.Duration(s.Nanos)
+		all += d
+		if s.KernelLost {
+			kernelLost += d
+		}
 		if !slices.ContainsFunc(s.Kernel, func(f symbolize.Frame) bool { return strings.Contains(f.Name(), "nanosleep") }) {
 			continue
 		}
-		sleep += time.Duration(s.Nanos)
-		named = named || slices.ContainsFunc(s.User, func(f symbolize.Frame) bool { return strings.HasSuffix(f.Func, ".goSleep") })
+		sleep += d
+		switch {
+		case slices.ContainsFunc(s.User, func(f symbolize.Frame) bool { return strings.HasSuffix(f.Func, ".goSleep") }):
+			named += d
+		case s.UserLost:
+			userLost += d
+		}
 	}
 	var b bytes.Buffer
 	p.Tree().WriteFolded(&b)
-	t.Logf("thread %d: %s off CPU under nanosleep, %s in all, of 3s", tid, sleep, all)
-	if share := sleep.Seconds() / 3; share < 0.35 || share > 0.65 {
-		t.Errorf("thread %d off CPU under nanosleep %.0f%% of 3s, want 35-65%%\n%.3000s", tid, share*100, b.String())
+	t.Logf("thread %d: %s off CPU under nanosleep (%s named goSleep, %s with its user stack lost), %s in all (%s with the kernel stack lost), of 3s; lost %+v",
+		tid, sleep, named, userLost, all, kernelLost, p.Lost)
+	if share := (sleep + kernelLost).Seconds() / 3; share < 0.35 || share > 0.65 {
+		t.Errorf("thread %d off CPU under nanosleep %.0f%% of 3s, want 35-65%%\n%s\n%.3000s", tid, share*100, desc.String(), b.String())
 	}
-	if !named {
-		t.Errorf("no nanosleep stack of thread %d names goSleep (the process exited before Profile)\n%.3000s", tid, b.String())
+	if named+userLost != sleep || named == 0 && userLost == 0 {
+		t.Errorf("thread %d: of %s under nanosleep, %s named goSleep and %s said lost: the rest is unnamed; its stacks:\n%s\n%.3000s",
+			tid, sleep, named, userLost, desc.String(), b.String())
+	}
+	if userLost > 0 && p.Lost.UserStacks == 0 || kernelLost > 0 && p.Lost.KernelStacks == 0 {
+		t.Errorf("stacks lost (%s user, %s kernel) but not counted: %+v", userLost, kernelLost, p.Lost)
 	}
 	// The writers: folded in microseconds, pprof with off-CPU sample types.
 	folded := b.String()
@@ -450,7 +487,7 @@ func TestOffCPU(t *testing.T) {
 		n, _ := strconv.ParseInt(l[i+1:], 10, 64)
 		us += n
 	}
-	if d := time.Duration(us)*time.Microsecond - sleep; d > 10*time.Millisecond || d < -10*time.Millisecond {
-		t.Errorf("folded goSleep;...nanosleep lines sum to %dus, want %s", us, sleep)
+	if d := time.Duration(us)*time.Microsecond - named; d > 10*time.Millisecond || d < -10*time.Millisecond {
+		t.Errorf("folded goSleep;...nanosleep lines sum to %dus, want %s", us, named)
 	}
 }

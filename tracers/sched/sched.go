@@ -25,11 +25,19 @@ import (
 	"github.com/nettrace/nettrace/tracers/softirq/dist"
 )
 
+// NoStateGivesUp is what the switch hook's alternatives for kernels whose
+// sched_switch has no prev_state (before 5.18) give up: the kernel refuses
+// the others there (tp_btf at load, raw_tp at attach).
+const NoStateGivesUp = "nothing measured: sched_switch has no prev_state before Linux 5.18, so a block is told by the task's " +
+	"nvcsw, which __schedule raises before the tracepoint (at the first switch of a task already on a CPU when tracing starts, by its state)"
+
 // Hooks declares the scheduler hooks. They exist only as tracepoints.
 var Hooks = []attach.Hook{
 	{Name: "switch", Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"sched_switch_btf"}},
+		{Tier: attach.Tracepoint, Programs: []string{"sched_switch_btf_nostate"}, GivesUp: NoStateGivesUp},
 		{Tier: attach.Tracepoint, Programs: []string{"sched_switch_raw"}, GivesUp: "nothing measured; reads the tasks with probe_read, a little slower"},
+		{Tier: attach.Tracepoint, Programs: []string{"sched_switch_raw_nostate"}, GivesUp: "reads the tasks with probe_read, a little slower; " + NoStateGivesUp},
 	}},
 	{Name: "wakeup", Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"sched_wakeup_btf", "sched_wakeup_new_btf"}},
@@ -40,7 +48,7 @@ var Hooks = []attach.Hook{
 func init() {
 	attach.Register(attach.TracerInfo{
 		Name: "sched", Summary: "context switches, run-queue delay, off-CPU and on-CPU time per task",
-		Spec: loadSched, Hooks: Hooks, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon},
+		Spec: loadSpec, Hooks: Hooks, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon},
 	})
 }
 
@@ -57,6 +65,9 @@ type Options struct {
 	MinBlock time.Duration // off-CPU spans shorter than this are not counted
 	MaxTasks int           // threads tracked at once (DefaultMaxTasks when 0)
 	Dist     bool          // Frame returns the run-queue delay histogram instead of task rows
+
+	noCAS bool          // tests: the _nocas programs whatever the kernel has
+	hooks []attach.Hook // tests: these instead of Hooks
 }
 
 // TaskStat is one thread's cumulative figures, laid out as struct task_stat.
@@ -73,7 +84,7 @@ type TaskStat struct {
 	TGID        uint32
 	KernelStack int32 // with off-CPU stacks: where it last blocked
 	UserStack   int32
-	Pad         uint32
+	NVCSW       uint32 // without prev_state: 1<<31 | the low 31 bits of its nvcsw at its last switch
 	Comm        [16]byte
 	Runq        hist.Log2 // microseconds
 }
@@ -113,7 +124,12 @@ func New(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	objs, err := attach.Load(spec, Hooks, attach.Options{Tier: opts.Tier, Constants: consts})
+	hooks := Hooks
+	if opts.hooks != nil {
+		hooks = opts.hooks
+		onlyHooked(spec, Hooks, hooks)
+	}
+	objs, err := attach.Load(spec, hooks, attach.Options{Tier: opts.Tier, Constants: consts})
 	if err != nil {
 		return nil, err
 	}
@@ -125,9 +141,43 @@ func New(opts Options) (*Tracer, error) {
 	return t, nil
 }
 
+// noCASSuffix ends the names of the programs that claim a thread's slot
+// without a compare-and-swap, for kernels that have none (before 5.12).
+const noCASSuffix = "_nocas"
+
+// loadSpec returns the sched objects with the programs this kernel loads,
+// under the names Hooks give: where it lacks compare-and-swap (before
+// 5.12; it refuses any program holding one) the _nocas programs stand in
+// for the others, else they are left out. The figures are the same; the
+// _nocas programs claim a slot through the slot_claims hash, once per
+// thread, which costs a hash update where the others compare-and-swap.
+func loadSpec() (*ebpf.CollectionSpec, error) { return loadSpecFor(kernel.Atomics.Has()) }
+
+// loadSpecFor is loadSpec with the compare-and-swap programs (cas) or the
+// _nocas ones.
+func loadSpecFor(cas bool) (*ebpf.CollectionSpec, error) {
+	spec, err := loadSched()
+	if err != nil {
+		return nil, err
+	}
+	for name, p := range spec.Programs {
+		base, ok := strings.CutSuffix(name, noCASSuffix)
+		if !ok {
+			continue
+		}
+		delete(spec.Programs, name)
+		if !cas {
+			p.Name = base
+			spec.Programs[base] = p
+		}
+	}
+	return spec, nil
+}
+
 // prepare returns the spec, sized for opts, and the filter constants.
 func prepare(opts Options) (*ebpf.CollectionSpec, map[string]any, error) {
-	spec, err := loadSched()
+	cas := kernel.Atomics.Has() && !opts.noCAS
+	spec, err := loadSpecFor(cas)
 	if err != nil {
 		return nil, nil, fmt.Errorf("load sched spec: %w", err)
 	}
@@ -138,6 +188,9 @@ func prepare(opts Options) (*ebpf.CollectionSpec, map[string]any, error) {
 		slots <<= 1
 	}
 	spec.Maps["slots"].MaxEntries = uint32(slots)
+	if !cas {
+		spec.Maps["slot_claims"].MaxEntries = uint32(slots)
+	}
 	spec.Maps["tasks"].MaxEntries = uint32(max(1024, opts.MaxTasks/4))
 	spec.Maps["new_pids"].MaxEntries = uint32(os.Getpagesize())
 	consts := map[string]any{
@@ -220,6 +273,28 @@ func LoadOffCPU(opts OffCPUOptions) (*attach.Objects, error) {
 		consts["filter_comm"], consts["targ_comm"] = true, c
 	}
 	return attach.Load(spec, OffCPUHooks, attach.Options{Tier: opts.Tier, Constants: consts})
+}
+
+// onlyHooked removes from spec the programs of all that hooks do not name
+// (so that they are not loaded unattached).
+func onlyHooked(spec *ebpf.CollectionSpec, all, hooks []attach.Hook) {
+	named := map[string]bool{}
+	for _, h := range hooks {
+		for _, a := range h.Alternatives {
+			for _, p := range a.Programs {
+				named[p] = true
+			}
+		}
+	}
+	for _, h := range all {
+		for _, a := range h.Alternatives {
+			for _, p := range a.Programs {
+				if !named[p] {
+					delete(spec.Programs, p)
+				}
+			}
+		}
+	}
 }
 
 // cgroupID returns the id (inode) of a cgroup v2 directory and its depth

@@ -1,13 +1,20 @@
 package sched
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
 	"github.com/nettrace/nettrace/internal/attach"
+	"github.com/nettrace/nettrace/internal/kernel"
 	"github.com/nettrace/nettrace/internal/testutil"
 	"github.com/nettrace/nettrace/tracers/softirq/dist"
 )
@@ -20,6 +27,7 @@ type measured struct {
 	frame     []Row
 	other     uint32 // the helper's PID
 	bpfOthers int    // rows of other processes (must be 0: filtered by PID)
+	switchBy  string // how sched_switch is traced (tp_btf or raw_tp)
 }
 
 // measure runs a helper workload under a tracer filtered on the helper.
@@ -45,6 +53,9 @@ func measure(t *testing.T, mode string, opts Options) measured {
 	}
 	p2 := [2]procTask{c.proc(c.tids[0]), c.proc(c.tids[1])}
 	m := measured{elapsed: elapsed, other: uint32(c.pid)}
+	if c, ok := tr.objs.Choice("switch"); ok {
+		m.switchBy = c.Method
+	}
 	for _, d := range Deltas(s1, s2) {
 		if d.TGID != uint32(c.pid) {
 			m.bpfOthers++
@@ -290,14 +301,12 @@ func TestViews(t *testing.T) {
 func TestRawTP(t *testing.T) {
 	testutil.RequireBPF(t)
 	c := startHelper(t, "pingpong 5000")
-	spec, err := loadSched()
+	spec, err := loadSpec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hooks []attach.Hook
-	for _, h := range Hooks {
-		hooks = append(hooks, attach.Hook{Name: h.Name, Alternatives: h.Alternatives[1:]})
-	}
+	hooks := keepAlternatives(Hooks, func(a attach.Alternative) bool { return attach.Method(spec.Programs[a.Programs[0]]) == "raw_tp" })
+	onlyHooked(spec, Hooks, hooks)
 	objs, err := attach.Load(spec, hooks, attach.Options{Constants: map[string]any{"targ_tgid": uint32(c.pid)}})
 	if err != nil {
 		t.Fatalf("%+v", err)
@@ -325,6 +334,85 @@ func TestRawTP(t *testing.T) {
 	runq := s2.Tasks[uint32(c.tids[0])].RunqNS - s1.Tasks[uint32(c.tids[0])].RunqNS
 	if want := p2.runDelayNS - p1.runDelayNS; !near(runq, want, 0.05, uint64(2*time.Millisecond)) {
 		t.Errorf("raw_tp: run-queue delay %v, schedstat run_delay %v", time.Duration(runq), time.Duration(want))
+	}
+}
+
+// keepAlternatives returns hooks with the alternatives keep keeps (a hook
+// left with none keeps all).
+func keepAlternatives(hooks []attach.Hook, keep func(attach.Alternative) bool) []attach.Hook {
+	var out []attach.Hook
+	for _, h := range hooks {
+		alts := slices.DeleteFunc(slices.Clone(h.Alternatives), func(a attach.Alternative) bool { return !keep(a) })
+		if len(alts) == 0 {
+			alts = h.Alternatives
+		}
+		out = append(out, attach.Hook{Name: h.Name, Alternatives: alts})
+	}
+	return out
+}
+
+// noStateHooks are Hooks with only the sched_switch programs that do
+// without the tracepoint's prev_state, as on kernels before 5.18.
+var noStateHooks = keepAlternatives(Hooks, func(a attach.Alternative) bool {
+	return strings.HasSuffix(a.Programs[0], "_nostate")
+})
+
+// TestNoState runs the sched_switch programs that tell a block from a
+// preemption by the task's nvcsw (kernels before 5.18, whose sched_switch
+// has no prev_state) on any kernel: the counts are as exact as with
+// prev_state.
+func TestNoState(t *testing.T) {
+	testutil.RequireBPF(t)
+	raw := keepAlternatives(noStateHooks, func(a attach.Alternative) bool {
+		return strings.HasPrefix(a.Programs[0], "sched_switch_raw") || !strings.HasPrefix(a.Programs[0], "sched_switch")
+	})
+	for method, hooks := range map[string][]attach.Hook{"tp_btf": noStateHooks, "raw_tp": raw} {
+		for _, mode := range []string{"pingpong 10000", "hogs-shared 1000ms"} {
+			m := measure(t, mode, Options{hooks: hooks})
+			for i := range 2 {
+				b, p := m.bpf[i], m.proc[i]
+				if m.switchBy != method {
+					t.Fatalf("sched_switch traced by %s, want %s without prev_state", m.switchBy, method)
+				}
+				if p.vol+p.invol < 20 {
+					t.Fatalf("%s thread %d: only %d switches in /proc", mode, i, p.vol+p.invol)
+				}
+				if !near(b.Voluntary, p.vol, 0.01, 1) || !near(b.Involuntary, p.invol, 0.01, 1) {
+					t.Errorf("%s (%s) thread %d: BPF %d voluntary %d involuntary switches, /proc %d and %d",
+						mode, m.switchBy, i, b.Voluntary, b.Involuntary, p.vol, p.invol)
+				}
+			}
+		}
+	}
+}
+
+// TestSwitchChoice checks that sched_switch is traced with the
+// tracepoint's prev_state where the kernel's BTF says it has one (5.18+)
+// and that the hook says what it does where it has not.
+func TestSwitchChoice(t *testing.T) {
+	testutil.RequireBPF(t)
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var td *btf.Typedef
+	if err := spec.TypeByName("btf_trace_sched_switch", &td); err != nil {
+		t.Fatal(err)
+	}
+	proto := td.Type.(*btf.Pointer).Target.(*btf.FuncProto)
+	hasState := len(proto.Params) == 5 // the context, preempt, prev, next, prev_state
+	tr, err := New(Options{PID: os.Getpid()})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	defer tr.Close()
+	c, _ := tr.objs.Choice("switch")
+	t.Logf("sched_switch with %d parameters: %s", len(proto.Params), c)
+	if hasState != (c.GivesUp == "") {
+		t.Errorf("sched_switch has prev_state: %v, but the switch hook gives up %q", hasState, c.GivesUp)
+	}
+	if !hasState && c.GivesUp != NoStateGivesUp {
+		t.Errorf("no prev_state: the switch hook gives up %q, want %q", c.GivesUp, NoStateGivesUp)
 	}
 }
 
@@ -363,11 +451,28 @@ func TestCgroupID(t *testing.T) {
 // TestSlotsShared runs the ping-pong with one slot for every thread, so
 // all but one of the helper's threads live in the tasks hash: the counts
 // stay exact. When the helper is gone, two intervals free the slot and
-// empty the hash.
+// empty the hash. It runs with the programs this kernel loads and, where
+// those compare-and-swap, with the _nocas ones too (which claim the slot
+// through slot_claims, as on kernels before 5.12).
 func TestSlotsShared(t *testing.T) {
 	testutil.RequireBPF(t)
+	variants := []Options{{}}
+	if kernel.Atomics.Has() {
+		variants = append(variants, Options{noCAS: true})
+	}
+	for _, v := range variants {
+		name := "cas"
+		if v.noCAS || !kernel.Atomics.Has() {
+			name = "nocas"
+		}
+		t.Run(name, func(t *testing.T) { testSlotsShared(t, v, name == "nocas") })
+	}
+}
+
+func testSlotsShared(t *testing.T, opts Options, nocas bool) {
 	c := startHelper(t, "pingpong 5000")
-	tr, err := New(Options{PID: c.pid, MaxTasks: 1})
+	opts.PID, opts.MaxTasks = c.pid, 1
+	tr, err := New(opts)
 	if err != nil {
 		t.Fatalf("%+v", err)
 	}
@@ -405,10 +510,38 @@ func TestSlotsShared(t *testing.T) {
 	if inHash == 0 {
 		t.Fatal("no thread in the tasks hash with one slot")
 	}
+	// The slot's owner, and with the _nocas programs its claim.
+	mem, err := tr.objs.Maps["slots"].Memory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owner [8]byte
+	if _, err := mem.ReadAt(owner[:], tidOffset); err != nil {
+		t.Fatal(err)
+	}
+	var claimant uint32
+	claimErr := tr.objs.Maps["slot_claims"].Lookup(uint32(0), &claimant)
+	switch {
+	case nocas && (claimErr != nil || uint64(claimant) != binary.NativeEndian.Uint64(owner[:])):
+		t.Errorf("_nocas: slot owned by %d, claimed by %d (%v)", binary.NativeEndian.Uint64(owner[:]), claimant, claimErr)
+	case !nocas && claimErr == nil:
+		t.Errorf("compare-and-swap programs: a claim (%d) in slot_claims", claimant)
+	}
 
+	// A thread seen first on two CPUs at once can be both in the slot and
+	// in the hash (the CPU that lost the slot put it there): make the
+	// owner so, and its exit must free both.
+	ownerTID := uint32(binary.NativeEndian.Uint64(owner[:]))
+	dup := TaskStat{TID: uint64(ownerTID), TGID: uint32(c.pid), Comm: s2.Tasks[ownerTID].Comm, KernelStack: -1, UserStack: -1}
+	if err := tr.objs.Maps["tasks"].Update(ownerTID, &dup, ebpf.UpdateNoExist); err != nil {
+		t.Fatalf("put slot owner %d in the hash too: %v", ownerTID, err)
+	}
+
+	tids := threadsOf(t, tr, uint32(c.pid))
 	c.stdin.Close()
 	c.cmd.Process.Kill()
 	c.cmd.Wait()
+	waitGone(t, tr, tids)
 	for range 2 { // a thread is forgotten after an interval with no change
 		if _, err := tr.Frame(time.Now()); err != nil {
 			t.Fatal(err)
@@ -419,6 +552,68 @@ func TestSlotsShared(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(left) != 0 {
-		t.Errorf("%d threads left after the helper exited (%d were in the hash)", len(left), inHash)
+		t.Errorf("%d threads left after the helper exited (%d were in the hash): %v", len(left), inHash, left)
+	}
+	if err := tr.objs.Maps["slot_claims"].Lookup(uint32(0), &claimant); err == nil {
+		t.Errorf("slot freed, but still claimed by %d", claimant)
+	}
+}
+
+// threadsOf returns the threads of process pid: those the tracer has seen
+// and those /proc lists (a thread asleep since before the tracer started
+// is first seen when it runs to exit).
+func threadsOf(t *testing.T, tr *Tracer, pid uint32) map[uint32]bool {
+	t.Helper()
+	tasks, err := ReadTasks(tr.objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint32]bool{}
+	for tid, s := range tasks {
+		if s.TGID == pid {
+			out[tid] = true
+		}
+	}
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if tid, err := strconv.ParseUint(e.Name(), 10, 32); err == nil {
+			out[uint32(tid)] = true
+		}
+	}
+	return out
+}
+
+// waitGone waits until each of tids, threads of a process that was killed
+// and reaped, has left the CPU for the last time: none is on a CPU nor
+// waiting in a run queue. A process can be reaped while one of its threads
+// has yet to switch out for the last time (release_task comes before that
+// switch, and the thread can be preempted in between): the switch would
+// then land in a later interval.
+func waitGone(t *testing.T, tr *Tracer, tids map[uint32]bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		var running []CPURun
+		if err := tr.objs.Maps["running"].Lookup(uint32(0), &running); err != nil {
+			t.Fatal(err)
+		}
+		tasks, err := ReadTasks(tr.objs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var busy []uint32
+		for tid := range tids {
+			if tasks[tid].TsQueued != 0 || slices.ContainsFunc(running, func(r CPURun) bool { return r.Tid == tid }) {
+				busy = append(busy, tid)
+			}
+		}
+		if len(busy) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("threads %v of the killed helper still on a CPU or runnable after 5s", busy)
+		}
 	}
 }

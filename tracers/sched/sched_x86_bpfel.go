@@ -50,7 +50,7 @@ type schedTaskStat struct {
 	Tgid      uint32
 	Kstack    int32
 	Ustack    int32
-	Pad       uint32
+	Nvcsw     uint32
 	Comm      [16]int8
 	Runq      struct {
 		_     structs.HostLayout
@@ -62,35 +62,46 @@ type schedTaskStat struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	schedMapClockSync          = "clock_sync"
-	schedMapDropped            = "dropped"
-	schedMapNewPids            = "new_pids"
-	schedMapOffcpu             = "offcpu"
-	schedMapOffcpuLost         = "offcpu_lost"
-	schedMapOffcpuStackmap     = "offcpu_stackmap"
-	schedMapRunning            = "running"
-	schedMapSeen               = "seen"
-	schedMapSlots              = "slots"
-	schedMapTasks              = "tasks"
-	schedProgSchedExecBtf      = "sched_exec_btf"
-	schedProgSchedExecRaw      = "sched_exec_raw"
-	schedProgSchedSwitchBtf    = "sched_switch_btf"
-	schedProgSchedSwitchRaw    = "sched_switch_raw"
-	schedProgSchedWakeupBtf    = "sched_wakeup_btf"
-	schedProgSchedWakeupNewBtf = "sched_wakeup_new_btf"
-	schedProgSchedWakeupNewRaw = "sched_wakeup_new_raw"
-	schedProgSchedWakeupRaw    = "sched_wakeup_raw"
-	schedVarFilterComm         = "filter_comm"
-	schedVarMinBlockNs         = "min_block_ns"
-	schedVarOffcpuStacks       = "offcpu_stacks"
-	schedVarSlotMask           = "slot_mask"
-	schedVarTargCgid           = "targ_cgid"
-	schedVarTargCglevel        = "targ_cglevel"
-	schedVarTargComm           = "targ_comm"
-	schedVarTargTgid           = "targ_tgid"
-	schedVarUnusedCpuRun       = "unused_cpu_run"
-	schedVarUnusedOffcpuKey    = "unused_offcpu_key"
-	schedVarUnusedOffcpuVal    = "unused_offcpu_val"
+	schedMapClockSync                   = "clock_sync"
+	schedMapDropped                     = "dropped"
+	schedMapNewPids                     = "new_pids"
+	schedMapOffcpu                      = "offcpu"
+	schedMapOffcpuLost                  = "offcpu_lost"
+	schedMapOffcpuStackmap              = "offcpu_stackmap"
+	schedMapRunning                     = "running"
+	schedMapSeen                        = "seen"
+	schedMapSlotClaims                  = "slot_claims"
+	schedMapSlots                       = "slots"
+	schedMapTasks                       = "tasks"
+	schedProgSchedExecBtf               = "sched_exec_btf"
+	schedProgSchedExecRaw               = "sched_exec_raw"
+	schedProgSchedSwitchBtf             = "sched_switch_btf"
+	schedProgSchedSwitchBtfNocas        = "sched_switch_btf_nocas"
+	schedProgSchedSwitchBtfNostate      = "sched_switch_btf_nostate"
+	schedProgSchedSwitchBtfNostateNocas = "sched_switch_btf_nostate_nocas"
+	schedProgSchedSwitchRaw             = "sched_switch_raw"
+	schedProgSchedSwitchRawNocas        = "sched_switch_raw_nocas"
+	schedProgSchedSwitchRawNostate      = "sched_switch_raw_nostate"
+	schedProgSchedSwitchRawNostateNocas = "sched_switch_raw_nostate_nocas"
+	schedProgSchedWakeupBtf             = "sched_wakeup_btf"
+	schedProgSchedWakeupBtfNocas        = "sched_wakeup_btf_nocas"
+	schedProgSchedWakeupNewBtf          = "sched_wakeup_new_btf"
+	schedProgSchedWakeupNewBtfNocas     = "sched_wakeup_new_btf_nocas"
+	schedProgSchedWakeupNewRaw          = "sched_wakeup_new_raw"
+	schedProgSchedWakeupNewRawNocas     = "sched_wakeup_new_raw_nocas"
+	schedProgSchedWakeupRaw             = "sched_wakeup_raw"
+	schedProgSchedWakeupRawNocas        = "sched_wakeup_raw_nocas"
+	schedVarFilterComm                  = "filter_comm"
+	schedVarMinBlockNs                  = "min_block_ns"
+	schedVarOffcpuStacks                = "offcpu_stacks"
+	schedVarSlotMask                    = "slot_mask"
+	schedVarTargCgid                    = "targ_cgid"
+	schedVarTargCglevel                 = "targ_cglevel"
+	schedVarTargComm                    = "targ_comm"
+	schedVarTargTgid                    = "targ_tgid"
+	schedVarUnusedCpuRun                = "unused_cpu_run"
+	schedVarUnusedOffcpuKey             = "unused_offcpu_key"
+	schedVarUnusedOffcpuVal             = "unused_offcpu_val"
 )
 
 // loadSched returns the embedded CollectionSpec for sched.
@@ -135,14 +146,24 @@ type schedSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type schedProgramSpecs struct {
-	SchedExecBtf      *ebpf.ProgramSpec `ebpf:"sched_exec_btf"`
-	SchedExecRaw      *ebpf.ProgramSpec `ebpf:"sched_exec_raw"`
-	SchedSwitchBtf    *ebpf.ProgramSpec `ebpf:"sched_switch_btf"`
-	SchedSwitchRaw    *ebpf.ProgramSpec `ebpf:"sched_switch_raw"`
-	SchedWakeupBtf    *ebpf.ProgramSpec `ebpf:"sched_wakeup_btf"`
-	SchedWakeupNewBtf *ebpf.ProgramSpec `ebpf:"sched_wakeup_new_btf"`
-	SchedWakeupNewRaw *ebpf.ProgramSpec `ebpf:"sched_wakeup_new_raw"`
-	SchedWakeupRaw    *ebpf.ProgramSpec `ebpf:"sched_wakeup_raw"`
+	SchedExecBtf               *ebpf.ProgramSpec `ebpf:"sched_exec_btf"`
+	SchedExecRaw               *ebpf.ProgramSpec `ebpf:"sched_exec_raw"`
+	SchedSwitchBtf             *ebpf.ProgramSpec `ebpf:"sched_switch_btf"`
+	SchedSwitchBtfNocas        *ebpf.ProgramSpec `ebpf:"sched_switch_btf_nocas"`
+	SchedSwitchBtfNostate      *ebpf.ProgramSpec `ebpf:"sched_switch_btf_nostate"`
+	SchedSwitchBtfNostateNocas *ebpf.ProgramSpec `ebpf:"sched_switch_btf_nostate_nocas"`
+	SchedSwitchRaw             *ebpf.ProgramSpec `ebpf:"sched_switch_raw"`
+	SchedSwitchRawNocas        *ebpf.ProgramSpec `ebpf:"sched_switch_raw_nocas"`
+	SchedSwitchRawNostate      *ebpf.ProgramSpec `ebpf:"sched_switch_raw_nostate"`
+	SchedSwitchRawNostateNocas *ebpf.ProgramSpec `ebpf:"sched_switch_raw_nostate_nocas"`
+	SchedWakeupBtf             *ebpf.ProgramSpec `ebpf:"sched_wakeup_btf"`
+	SchedWakeupBtfNocas        *ebpf.ProgramSpec `ebpf:"sched_wakeup_btf_nocas"`
+	SchedWakeupNewBtf          *ebpf.ProgramSpec `ebpf:"sched_wakeup_new_btf"`
+	SchedWakeupNewBtfNocas     *ebpf.ProgramSpec `ebpf:"sched_wakeup_new_btf_nocas"`
+	SchedWakeupNewRaw          *ebpf.ProgramSpec `ebpf:"sched_wakeup_new_raw"`
+	SchedWakeupNewRawNocas     *ebpf.ProgramSpec `ebpf:"sched_wakeup_new_raw_nocas"`
+	SchedWakeupRaw             *ebpf.ProgramSpec `ebpf:"sched_wakeup_raw"`
+	SchedWakeupRawNocas        *ebpf.ProgramSpec `ebpf:"sched_wakeup_raw_nocas"`
 }
 
 // schedMapSpecs contains maps before they are loaded into the kernel.
@@ -157,6 +178,7 @@ type schedMapSpecs struct {
 	OffcpuStackmap *ebpf.MapSpec `ebpf:"offcpu_stackmap"`
 	Running        *ebpf.MapSpec `ebpf:"running"`
 	Seen           *ebpf.MapSpec `ebpf:"seen"`
+	SlotClaims     *ebpf.MapSpec `ebpf:"slot_claims"`
 	Slots          *ebpf.MapSpec `ebpf:"slots"`
 	Tasks          *ebpf.MapSpec `ebpf:"tasks"`
 }
@@ -206,6 +228,7 @@ type schedMaps struct {
 	OffcpuStackmap *ebpf.Map `ebpf:"offcpu_stackmap"`
 	Running        *ebpf.Map `ebpf:"running"`
 	Seen           *ebpf.Map `ebpf:"seen"`
+	SlotClaims     *ebpf.Map `ebpf:"slot_claims"`
 	Slots          *ebpf.Map `ebpf:"slots"`
 	Tasks          *ebpf.Map `ebpf:"tasks"`
 }
@@ -220,6 +243,7 @@ func (m *schedMaps) Close() error {
 		m.OffcpuStackmap,
 		m.Running,
 		m.Seen,
+		m.SlotClaims,
 		m.Slots,
 		m.Tasks,
 	)
@@ -246,14 +270,24 @@ type schedVariables struct {
 //
 // It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
 type schedPrograms struct {
-	SchedExecBtf      *ebpf.Program `ebpf:"sched_exec_btf"`
-	SchedExecRaw      *ebpf.Program `ebpf:"sched_exec_raw"`
-	SchedSwitchBtf    *ebpf.Program `ebpf:"sched_switch_btf"`
-	SchedSwitchRaw    *ebpf.Program `ebpf:"sched_switch_raw"`
-	SchedWakeupBtf    *ebpf.Program `ebpf:"sched_wakeup_btf"`
-	SchedWakeupNewBtf *ebpf.Program `ebpf:"sched_wakeup_new_btf"`
-	SchedWakeupNewRaw *ebpf.Program `ebpf:"sched_wakeup_new_raw"`
-	SchedWakeupRaw    *ebpf.Program `ebpf:"sched_wakeup_raw"`
+	SchedExecBtf               *ebpf.Program `ebpf:"sched_exec_btf"`
+	SchedExecRaw               *ebpf.Program `ebpf:"sched_exec_raw"`
+	SchedSwitchBtf             *ebpf.Program `ebpf:"sched_switch_btf"`
+	SchedSwitchBtfNocas        *ebpf.Program `ebpf:"sched_switch_btf_nocas"`
+	SchedSwitchBtfNostate      *ebpf.Program `ebpf:"sched_switch_btf_nostate"`
+	SchedSwitchBtfNostateNocas *ebpf.Program `ebpf:"sched_switch_btf_nostate_nocas"`
+	SchedSwitchRaw             *ebpf.Program `ebpf:"sched_switch_raw"`
+	SchedSwitchRawNocas        *ebpf.Program `ebpf:"sched_switch_raw_nocas"`
+	SchedSwitchRawNostate      *ebpf.Program `ebpf:"sched_switch_raw_nostate"`
+	SchedSwitchRawNostateNocas *ebpf.Program `ebpf:"sched_switch_raw_nostate_nocas"`
+	SchedWakeupBtf             *ebpf.Program `ebpf:"sched_wakeup_btf"`
+	SchedWakeupBtfNocas        *ebpf.Program `ebpf:"sched_wakeup_btf_nocas"`
+	SchedWakeupNewBtf          *ebpf.Program `ebpf:"sched_wakeup_new_btf"`
+	SchedWakeupNewBtfNocas     *ebpf.Program `ebpf:"sched_wakeup_new_btf_nocas"`
+	SchedWakeupNewRaw          *ebpf.Program `ebpf:"sched_wakeup_new_raw"`
+	SchedWakeupNewRawNocas     *ebpf.Program `ebpf:"sched_wakeup_new_raw_nocas"`
+	SchedWakeupRaw             *ebpf.Program `ebpf:"sched_wakeup_raw"`
+	SchedWakeupRawNocas        *ebpf.Program `ebpf:"sched_wakeup_raw_nocas"`
 }
 
 func (p *schedPrograms) Close() error {
@@ -261,11 +295,21 @@ func (p *schedPrograms) Close() error {
 		p.SchedExecBtf,
 		p.SchedExecRaw,
 		p.SchedSwitchBtf,
+		p.SchedSwitchBtfNocas,
+		p.SchedSwitchBtfNostate,
+		p.SchedSwitchBtfNostateNocas,
 		p.SchedSwitchRaw,
+		p.SchedSwitchRawNocas,
+		p.SchedSwitchRawNostate,
+		p.SchedSwitchRawNostateNocas,
 		p.SchedWakeupBtf,
+		p.SchedWakeupBtfNocas,
 		p.SchedWakeupNewBtf,
+		p.SchedWakeupNewBtfNocas,
 		p.SchedWakeupNewRaw,
+		p.SchedWakeupNewRawNocas,
 		p.SchedWakeupRaw,
+		p.SchedWakeupRawNocas,
 	)
 }
 

@@ -48,8 +48,11 @@ func ReadTasks(objs *attach.Objects) (map[uint32]TaskStat, error) {
 	it := objs.Maps["tasks"].Iterate()
 	for it.Next(&tid, &val) {
 		if s, ok := tasks[tid]; ok {
-			// In a slot and the hash at once: a race at its first switch.
-			val.add(&s)
+			// In a slot and the hash at once: a race at its first
+			// switch. The programs find the slot first: its entry is
+			// the live one (timestamps), the hash's adds its counts.
+			s.add(&val)
+			val = s
 		}
 		tasks[tid] = val
 	}
@@ -71,7 +74,10 @@ func (s *TaskStat) add(o *TaskStat) {
 }
 
 // forget frees an exited thread's slot (by clearing its owner: the next
-// owner zeroes the rest) or deletes its entry from the tasks hash.
+// owner zeroes the rest; and deleting its claim, which only the _nocas
+// programs make) and deletes its entry from the tasks hash: a thread seen
+// first on two CPUs at once can have both, the CPU that lost the slot
+// having put it in the hash.
 func forget(objs *attach.Objects, tid uint32) error {
 	m := objs.Maps["slots"]
 	mem, err := m.Memory()
@@ -88,7 +94,9 @@ func forget(objs *attach.Objects, tid uint32) error {
 		if _, err := mem.WriteAt(make([]byte, 8), off); err != nil {
 			return fmt.Errorf("free sched slot: %w", err)
 		}
-		return nil
+		if err := objs.Maps["slot_claims"].Delete(tid & (n - 1)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("free sched slot claim: %w", err)
+		}
 	}
 	if err := objs.Maps["tasks"].Delete(tid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("forget thread %d: %w", tid, err)
