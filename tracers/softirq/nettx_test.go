@@ -17,8 +17,8 @@ import (
 // packet straight to NET_RX. A qdisc that holds packets back (tbf, rate
 // limited) on a veth pair between two fresh namespaces is rescheduled from
 // its watchdog timer through NET_TX, once per throttled dequeue; the test
-// floods UDP through it and compares the tracer's NET_TX count with
-// /proc/softirqs over the same window.
+// floods UDP through it and checks the tracer's NET_TX count against the
+// referee's and /proc/softirqs' around the same snapshots (window.check).
 func TestNetTXUnderQdisc(t *testing.T) {
 	testutil.RequireBPF(t)
 	if os.Getenv("NETTRACE_VMTEST") == "1" {
