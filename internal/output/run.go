@@ -70,6 +70,11 @@ func Run(ctx context.Context, opts Options, snap func(now time.Time) (Frame, err
 		var now time.Time
 		select {
 		case <-ctx.Done():
+		case now = <-timer.C:
+		}
+		// A cancel wins over a tick that is due at the same time (a
+		// frame that took longer than the interval).
+		if ctx.Err() != nil {
 			if opts.Format != Table {
 				return nil
 			}
@@ -81,7 +86,6 @@ func Run(ctx context.Context, opts Options, snap func(now time.Time) (Frame, err
 				last = f
 			}
 			return summary(opts, last)
-		case now = <-timer.C:
 		}
 		f, err := take(now)
 		if err != nil {

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,23 +29,43 @@ func seqSnap(calls *int) func(time.Time) (Frame, error) {
 	}
 }
 
+// frameHeader matches a table frame's first line and captures its interval.
+var frameHeader = regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d  test  interval (\d+\.\d\d)s$`)
+
 func TestRunCount(t *testing.T) {
 	var buf bytes.Buffer
-	calls := 0
+	var snaps []time.Time
 	start := time.Now()
-	err := Run(context.Background(), Options{Interval: 10 * time.Millisecond, Count: 3, Out: &buf}, seqSnap(&calls))
+	err := Run(context.Background(), Options{Interval: 10 * time.Millisecond, Count: 3, Out: &buf},
+		func(now time.Time) (Frame, error) {
+			snaps = append(snaps, now)
+			return Frame{Tracer: "test", Rows: []countRow{{Seq: uint64(len(snaps))}}}, nil
+		})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if elapsed := time.Since(start); elapsed < 30*time.Millisecond {
 		t.Errorf("3 intervals of 10ms took %v", elapsed)
 	}
-	if calls != 3 {
-		t.Errorf("snap called %d times, want 3", calls)
+	if len(snaps) != 3 {
+		t.Fatalf("snap called %d times, want 3", len(snaps))
 	}
 	out := buf.String()
-	if n := strings.Count(out, "interval 0.0"); n != 3 {
-		t.Errorf("%d frame headers, want 3:\n%s", n, out)
+	// One header per frame, each with the time since the previous snap
+	// (however late a loaded machine woke Run), the first at least the
+	// 10ms asked for.
+	headers := frameHeader.FindAllStringSubmatch(out, -1)
+	if len(headers) != 3 {
+		t.Fatalf("%d frame headers, want 3:\n%s", len(headers), out)
+	}
+	for i, h := range headers {
+		got, _ := strconv.ParseFloat(h[1], 64)
+		switch want := 0.01; {
+		case i == 0 && got < want:
+			t.Errorf("first interval %ss, want at least %.2fs", h[1], want)
+		case i > 0 && h[1] != fmt.Sprintf("%.2f", snaps[i].Sub(snaps[i-1]).Seconds()):
+			t.Errorf("frame %d interval %ss, want the %v between its snap and the previous", i+1, h[1], snaps[i].Sub(snaps[i-1]))
+		}
 	}
 	for _, seq := range []string{"SEQ\n  1\n", "SEQ\n  2\n", "SEQ\n  3\n"} {
 		if !strings.Contains(out, seq) {
@@ -137,7 +159,7 @@ func TestRunCancel(t *testing.T) {
 	if !ok {
 		t.Fatalf("no summary:\n%s", out)
 	}
-	if strings.Count(before, "interval 0.") != 2 || strings.Count(after, "interval 0.") != 1 {
+	if len(frameHeader.FindAllString(before, -1)) != 2 || len(frameHeader.FindAllString(after, -1)) != 1 {
 		t.Errorf("want 2 frames, then a summary of one:\n%s", out)
 	}
 	if !strings.HasSuffix(after, "SEQ\n  2\n") {

@@ -77,6 +77,9 @@ type Snapshot struct {
 	Dropped   uint64                // events not counted: vector out of range, exit without entry
 	Softnet   []settings.SoftnetCPU // /proc/net/softnet_stat
 	Ksoftirqd map[int]uint64        // CPU -> on-CPU ns of ksoftirqd/CPU (from schedstat)
+	// Proc is /proc/softirqs ([vector][cpu]) read just before and just
+	// after Vecs; nil where it cannot be read.
+	Proc [2][][]uint64
 }
 
 // Tracer measures softirqs.
@@ -131,6 +134,7 @@ func (t *Tracer) Close() error { return t.objs.Close() }
 // Snapshot reads the cumulative figures.
 func (t *Tracer) Snapshot() (*Snapshot, error) {
 	s := &Snapshot{Time: time.Now(), Ksoftirqd: map[int]uint64{}}
+	s.Proc[0], _, _ = ReadProcSoftirqs()
 	m := t.objs.Maps["vecs"]
 	for v := range nrVecs {
 		var perCPU []VecStat
@@ -147,6 +151,7 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 			s.Vecs[c][v] = perCPU[c]
 		}
 	}
+	s.Proc[1], _, _ = ReadProcSoftirqs()
 	var drops []uint64
 	if err := t.objs.Maps["dropped"].Lookup(uint32(0), &drops); err != nil {
 		return nil, fmt.Errorf("read softirq drops: %w", err)
@@ -260,6 +265,7 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 			rows = append(rows, r)
 		}
 	}
+	unseen := Unseen(prev, cur)
 	budget := readIntSysctl("net.core.netdev_budget")
 	budgetUS := readIntSysctl("net.core.netdev_budget_usecs")
 	ncpu := len(cur.Vecs)
@@ -274,8 +280,16 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 		{Key: "netdev_budget", Value: budget},
 		{Key: "netdev_budget_usecs", Value: budgetUS},
 		{Key: "events_dropped", Label: "events dropped", Value: cur.Dropped - prev.Dropped},
+		{Key: "unseen", Value: unseen},
 	}
 	f.Warnings = warnings(squeez, drops, budget, budgetUS, netRXByCPU, netRXTime, ivl)
+	if unseen > 0 {
+		f.Warnings = append(f.Warnings, output.Warning{
+			Code: "softirqs_unseen",
+			Message: fmt.Sprintf("/proc/softirqs counted at least %d softirqs that the kernel did not hand to the softirq_entry program: "+
+				"counts, times and histograms leave them out", unseen),
+		})
+	}
 	if t.opts.Dist {
 		var drows []dist.Row
 		for v := range nrVecs {
@@ -286,6 +300,28 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 	}
 	f.Rows = rows
 	return f, nil
+}
+
+// Unseen returns how many softirqs /proc/softirqs counted between two
+// snapshots that the programs did not, at least. The kernel bumps the
+// counter and then fires softirq_entry, one softirq after the other on a
+// CPU, so a snapshot's count of a vector on a CPU is at most the counter
+// read after it and at least the one read before it less one (a softirq
+// between the two); what the counter rose by between prev's read after
+// and cur's read before, less one, the programs must have counted.
+// (Counters are 32 bits in the kernel.)
+func Unseen(prev, cur *Snapshot) uint64 {
+	before, after := prev.Proc[1], cur.Proc[0]
+	var n uint64
+	for v := range min(len(before), len(after), nrVecs) {
+		for c := range min(len(before[v]), len(after[v]), len(cur.Vecs), len(prev.Vecs)) {
+			rose := uint64(uint32(after[v][c]) - uint32(before[v][c]))
+			if got := cur.Vecs[c][v].Count - prev.Vecs[c][v].Count; rose > got+1 {
+				n += rose - got - 1
+			}
+		}
+	}
+	return n
 }
 
 func sub(a, b VecStat) VecStat {

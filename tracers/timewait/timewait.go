@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/nettrace/nettrace/internal/attach"
 	"github.com/nettrace/nettrace/internal/kernel"
@@ -79,6 +80,8 @@ type Tracer struct {
 	procs  map[rowID]string   // last known local closer per row
 	snap   socktable.Snapshot // the socket table buffer, reused by every read
 	tw     twDiff             // the TIME_WAIT diff\'s buffers
+	keys   []rawKey           // readRows' batch buffers
+	vals   []timewaitRowVal
 	closed bool
 }
 
@@ -97,6 +100,9 @@ func New(opts Options) (_ *Tracer, err error) {
 	paths, err := t.namespaces()
 	if err != nil {
 		return nil, err
+	}
+	if err := kernel.HashBatch.Err(); err != nil {
+		return nil, err // readRows could not take the rows out
 	}
 	spec, err := loadTimewait()
 	if err != nil {
@@ -191,42 +197,46 @@ type rawKey struct {
 	Lport, Rport uint16
 }
 
-// readRows takes every row out of the rows map.
+// rowBatch is how many rows one batch lookup-and-delete takes at first; it
+// grows when a hash bucket holds more (ENOSPC).
+const rowBatch = 256
+
+// readRows takes every row out of the rows map: a batch lookup-and-delete
+// copies and deletes each hash bucket under its lock, so an increment is
+// either in the copy or lands in a row the next read takes. (The lookup and
+// delete of one element is 5.14+, and a syscall per row.)
 func (t *Tracer) readRows() (map[rowID]rowDelta, error) {
 	m := t.objs.Maps["rows"]
-	var (
-		k    rawKey
-		keys []rawKey
-	)
-	it := m.Iterate()
-	var v timewaitRowVal
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
+	if len(t.keys) == 0 {
+		t.keys, t.vals = make([]rawKey, rowBatch), make([]timewaitRowVal, rowBatch)
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read timewait rows: %w", err)
-	}
-	out := make(map[rowID]rowDelta, len(keys))
-	for _, k := range keys {
-		if err := m.LookupAndDelete(k, &v); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				continue
+	out := map[rowID]rowDelta{}
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookupAndDelete(&cursor, t.keys, t.vals, nil)
+		for i := range n {
+			k, v := &t.keys[i], &t.vals[i]
+			id := k.id()
+			d := out[id]
+			d.closedLocal += v.ClosedLocal
+			d.closedRemote += v.ClosedRemote
+			d.created += v.Created
+			d.expired += v.Expired
+			d.killed += v.Killed
+			if v.Pid != 0 {
+				d.proc = fmt.Sprintf("%s(%d)", comm(v.Comm), v.Pid)
 			}
-			return nil, fmt.Errorf("take timewait row: %w", err)
+			out[id] = d
 		}
-		id := k.id()
-		d := out[id]
-		d.closedLocal += v.ClosedLocal
-		d.closedRemote += v.ClosedRemote
-		d.created += v.Created
-		d.expired += v.Expired
-		d.killed += v.Killed
-		if v.Pid != 0 {
-			d.proc = fmt.Sprintf("%s(%d)", comm(v.Comm), v.Pid)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist): // the end of the map
+			return out, nil
+		case errors.Is(err, unix.ENOSPC) && n == 0: // a bucket holds more than a batch
+			t.keys, t.vals = make([]rawKey, 2*len(t.keys)), make([]timewaitRowVal, 2*len(t.vals))
+		case err != nil:
+			return nil, fmt.Errorf("take timewait rows: %w", err)
 		}
-		out[id] = d
 	}
-	return out, nil
 }
 
 // dropped returns the row inserts the kernel side could not make.

@@ -542,3 +542,51 @@ func programs() []string {
 	}
 	return names
 }
+
+// readRows takes every row out of the rows map with the counts stored,
+// whatever the batch size (a bucket that holds more than a batch grows it),
+// and leaves the map empty.
+func TestReadRowsDrains(t *testing.T) {
+	testutil.RequireBPF(t)
+	ns := testutil.NewNetns(t)
+	tr := newTracer(t, ns, attach.Auto)
+	m := tr.objs.Maps["rows"]
+	const n = 3000 // more than a batch, and some buckets hold two or more
+	want := map[rowID]rowDelta{}
+	for i := range n {
+		k := rawKey{Netns: 7, Family: unix.AF_INET, Side: uint8(Client), Rport: uint16(i + 1)}
+		k.Laddr[0], k.Raddr[0] = 127, 10
+		v := timewaitRowVal{ClosedLocal: uint64(i), ClosedRemote: 1, Created: uint64(2 * i), Expired: 3, Killed: uint64(i % 5)}
+		if err := m.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+		want[k.id()] = rowDelta{closedLocal: v.ClosedLocal, closedRemote: 1, created: v.Created, expired: 3, killed: v.Killed}
+	}
+	tr.keys, tr.vals = make([]rawKey, 1), make([]timewaitRowVal, 1) // a batch of one: ENOSPC on the first bucket of two
+	got, err := tr.readRows()
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	if len(tr.keys) < 2 {
+		t.Errorf("batch buffers still %d long after %d rows in %d buckets", len(tr.keys), n, m.MaxEntries())
+	}
+	if len(got) != n {
+		t.Errorf("took %d rows, want %d", len(got), n)
+	}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("row %+v: took %+v, want %+v", id, got[id], w)
+			break
+		}
+	}
+	var (
+		k rawKey
+		v timewaitRowVal
+	)
+	if it := m.Iterate(); it.Next(&k, &v) {
+		t.Errorf("rows left in the map after readRows, one is %+v", k)
+	}
+	if again, err := tr.readRows(); err != nil || len(again) != 0 {
+		t.Errorf("second read: %d rows, %v; want none", len(again), err)
+	}
+}
