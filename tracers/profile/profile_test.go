@@ -261,19 +261,32 @@ func TestExitedProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mine, named uint64
+	// The figure: every sample of the exited process whose leaf is in its
+	// own binary is named, and the spin loop is among them (leaves in
+	// libc or ld.so, whose symbol tables Debian strips, may stay unnamed).
+	// How much of its life the spin got, against the Go runtime's start,
+	// depends on the machine: under arm64 TCG 25-70%.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine, unnamed, spin uint64
 	for _, s := range p.Samples {
-		if s.PID != pid {
+		if s.PID != pid || len(s.User) == 0 || s.User[0].Module != exe {
 			continue
 		}
 		mine += s.Count
-		if len(s.User) > 0 && strings.HasSuffix(s.User[0].Func, ".goSpin") {
-			named += s.Count
+		if s.User[0].Func == "" {
+			unnamed += s.Count
+			t.Logf("unnamed leaf: %+v", s.User[0])
+		}
+		if strings.HasSuffix(s.User[0].Func, ".goSpin") {
+			spin += s.Count
 		}
 	}
-	t.Logf("exited process: %d samples, %d in goSpin", mine, named)
-	if mine < 50 || float64(named)/float64(mine) < 0.5 {
-		t.Fatalf("exited process: goSpin named in %d of %d samples", named, mine)
+	t.Logf("exited process: %d samples with a leaf in %s, %d in goSpin, %d unnamed", mine, exe, spin, unnamed)
+	if mine < 50 || spin < 25 || unnamed != 0 {
+		t.Fatalf("exited process: %d samples, %d named goSpin, %d with an unnamed leaf: want every sample named and goSpin among them", mine, spin, unnamed)
 	}
 }
 
