@@ -45,7 +45,7 @@ var Hooks = []attach.Hook{
 		{Tier: attach.Kprobe, Programs: []string{"ack4_kprobe", "ack4_kretprobe", "ack6_kprobe", "ack6_kretprobe"},
 			GivesUp: "about twice the cost per final ACK"},
 		{Tier: attach.Tracepoint, Programs: []string{"ack_kfree_tp"},
-			GivesUp: "needs the TCP_LISTEN_OVERFLOW drop reason and the receiving socket in skb:kfree_skb (6.12+): without them overflows at the final ACK are not attributed to a socket; other final-ACK drops seen only from cookie checks"},
+			GivesUp: "skb:kfree_skb with the TCP_LISTEN_OVERFLOW drop reason (6.15+) and the receiving socket (6.11+); other final-ACK drops seen only from cookie checks. Before 6.15 the hook is given up: final-ACK overflows are counted as overflows_unattributed"},
 	}},
 	{Name: "queue", Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"state_tp"}},
@@ -76,6 +76,19 @@ func hooks(opts Options) []attach.Hook {
 		return Hooks
 	}
 	return attach.GiveUpBefore(Hooks, "accept", attach.Tracepoint, noAccept)
+}
+
+// ackBlind returns, for a kernel whose skb:kfree_skb cannot name the
+// listener of a final ACK dropped for a full accept queue, the tracepoint
+// tier's "none" alternative for the ack hook (what it loses, and the
+// missing feature); nil where the kernel has both.
+func ackBlind() *attach.Alternative {
+	for _, f := range []*kernel.Feature{kernel.DropReasonListenOverflow, kernel.KfreeSkbRxSk} {
+		if err := f.Err(); err != nil {
+			return &attach.Alternative{GivesUp: "final-ACK overflows not attributed to a socket (counted as overflows_unattributed; the namespace's ListenOverflows has them): " + err.Error()}
+		}
+	}
+	return nil
 }
 
 func init() {
@@ -142,13 +155,26 @@ func New(opts Options) (_ *Tracer, err error) {
 	}
 	aopts := attach.Options{Tier: opts.Tier, Constants: consts}
 	hs := hooks(opts)
+	if alt := ackBlind(); alt != nil {
+		hs = attach.GiveUpBefore(hs, "ack", attach.Tracepoint, *alt)
+	}
+	// An fexit program finds the return value after the parameters; a
+	// count fexit_ret does not know leaves that hook to kprobes.
+	if !slices.Contains(fexitArgs, facts.SynRecv4Args) || !slices.Contains(fexitArgs, facts.SynRecv6Args) {
+		spec, hs = withoutAlternative(spec, hs, "ack", attach.Fentry)
+	}
+	if !slices.Contains(fexitArgs, facts.AcceptArgs) {
+		spec, hs = withoutAlternative(spec, hs, "accept", attach.Fentry)
+	}
 	t.objs, err = attach.Load(spec, hs, aopts)
 	var na *attach.NoAlternativeError
 	if errors.As(err, &na) && na.Hook == "ack" && opts.Tier == attach.Fentry {
-		// Some kernels refuse fexit on tcp_v4/v6_syn_recv_sock (6.1:
-		// "not supported"): the ack hook then has no fentry alternative
-		// here and, like a hook without one, keeps its own order.
-		t.objs, err = attach.Load(spec, withoutAlternative(hs, "ack", attach.Fentry), aopts)
+		// x86-64 trampolines take at most 6 arguments before 6.6, and
+		// tcp_v4/v6_syn_recv_sock have 7 from 6.1 (6.1: "not
+		// supported"): the ack hook then has no fentry alternative here
+		// and, like a hook without one, keeps its own order.
+		spec, hs = withoutAlternative(spec, hs, "ack", attach.Fentry)
+		t.objs, err = attach.Load(spec, hs, aopts)
 	}
 	if err != nil {
 		return nil, err
@@ -179,15 +205,27 @@ func New(opts Options) (_ *Tracer, err error) {
 	return t, nil
 }
 
-// withoutAlternative returns hooks with hook's alternatives of tier removed.
-func withoutAlternative(hooks []attach.Hook, hook string, tier attach.Tier) []attach.Hook {
+// withoutAlternative returns hooks with hook's alternatives of tier removed,
+// and spec without their programs (attach.Load would load a program no hook
+// names as a plain program, which the kernel may refuse).
+func withoutAlternative(spec *ebpf.CollectionSpec, hooks []attach.Hook, hook string, tier attach.Tier) (*ebpf.CollectionSpec, []attach.Hook) {
+	spec = spec.Copy()
 	out := slices.Clone(hooks)
 	for i, h := range out {
-		if h.Name == hook {
-			out[i].Alternatives = slices.DeleteFunc(slices.Clone(h.Alternatives), func(a attach.Alternative) bool { return a.Tier == tier })
+		if h.Name != hook {
+			continue
 		}
+		out[i].Alternatives = slices.DeleteFunc(slices.Clone(h.Alternatives), func(a attach.Alternative) bool {
+			if a.Tier != tier {
+				return false
+			}
+			for _, p := range a.Programs {
+				delete(spec.Programs, p)
+			}
+			return true
+		})
 	}
-	return out
+	return spec, out
 }
 
 // AcceptTimed says whether the attached tier measures accept latency (it

@@ -115,6 +115,7 @@ const (
 	listenProgSynExitFentry       = "syn_exit_fentry"
 	listenProgSynExitKprobe       = "syn_exit_kprobe"
 	listenProgSynackTp            = "synack_tp"
+	listenVarAcceptNargs          = "accept_nargs"
 	listenVarCookie4End           = "cookie4_end"
 	listenVarCookie4Start         = "cookie4_start"
 	listenVarCookie6End           = "cookie6_end"
@@ -122,11 +123,14 @@ const (
 	listenVarEmitEvents           = "emit_events"
 	listenVarHasConsumeLoc        = "has_consume_loc"
 	listenVarHasRxSk              = "has_rx_sk"
+	listenVarHasTaskBtf           = "has_task_btf"
 	listenVarRcvStateEnd          = "rcv_state_end"
 	listenVarRcvStateStart        = "rcv_state_start"
 	listenVarReasonListenOverflow = "reason_listen_overflow"
 	listenVarReasonNoSocket       = "reason_no_socket"
 	listenVarReqskTimerFn         = "reqsk_timer_fn"
+	listenVarSynRecv4Nargs        = "syn_recv4_nargs"
+	listenVarSynRecv6Nargs        = "syn_recv6_nargs"
 	listenVarTargNetns            = "targ_netns"
 	listenVarUnusedEvent          = "unused_event"
 )
@@ -222,6 +226,7 @@ type listenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenVariableSpecs struct {
+	AcceptNargs          *ebpf.VariableSpec `ebpf:"accept_nargs"`
 	Cookie4End           *ebpf.VariableSpec `ebpf:"cookie4_end"`
 	Cookie4Start         *ebpf.VariableSpec `ebpf:"cookie4_start"`
 	Cookie6End           *ebpf.VariableSpec `ebpf:"cookie6_end"`
@@ -229,11 +234,14 @@ type listenVariableSpecs struct {
 	EmitEvents           *ebpf.VariableSpec `ebpf:"emit_events"`
 	HasConsumeLoc        *ebpf.VariableSpec `ebpf:"has_consume_loc"`
 	HasRxSk              *ebpf.VariableSpec `ebpf:"has_rx_sk"`
+	HasTaskBtf           *ebpf.VariableSpec `ebpf:"has_task_btf"`
 	RcvStateEnd          *ebpf.VariableSpec `ebpf:"rcv_state_end"`
 	RcvStateStart        *ebpf.VariableSpec `ebpf:"rcv_state_start"`
 	ReasonListenOverflow *ebpf.VariableSpec `ebpf:"reason_listen_overflow"`
 	ReasonNoSocket       *ebpf.VariableSpec `ebpf:"reason_no_socket"`
 	ReqskTimerFn         *ebpf.VariableSpec `ebpf:"reqsk_timer_fn"`
+	SynRecv4Nargs        *ebpf.VariableSpec `ebpf:"syn_recv4_nargs"`
+	SynRecv6Nargs        *ebpf.VariableSpec `ebpf:"syn_recv6_nargs"`
 	TargNetns            *ebpf.VariableSpec `ebpf:"targ_netns"`
 	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
 }
@@ -291,6 +299,7 @@ func (m *listenMaps) Close() error {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenVariables struct {
+	AcceptNargs          *ebpf.Variable `ebpf:"accept_nargs"`
 	Cookie4End           *ebpf.Variable `ebpf:"cookie4_end"`
 	Cookie4Start         *ebpf.Variable `ebpf:"cookie4_start"`
 	Cookie6End           *ebpf.Variable `ebpf:"cookie6_end"`
@@ -298,11 +307,14 @@ type listenVariables struct {
 	EmitEvents           *ebpf.Variable `ebpf:"emit_events"`
 	HasConsumeLoc        *ebpf.Variable `ebpf:"has_consume_loc"`
 	HasRxSk              *ebpf.Variable `ebpf:"has_rx_sk"`
+	HasTaskBtf           *ebpf.Variable `ebpf:"has_task_btf"`
 	RcvStateEnd          *ebpf.Variable `ebpf:"rcv_state_end"`
 	RcvStateStart        *ebpf.Variable `ebpf:"rcv_state_start"`
 	ReasonListenOverflow *ebpf.Variable `ebpf:"reason_listen_overflow"`
 	ReasonNoSocket       *ebpf.Variable `ebpf:"reason_no_socket"`
 	ReqskTimerFn         *ebpf.Variable `ebpf:"reqsk_timer_fn"`
+	SynRecv4Nargs        *ebpf.Variable `ebpf:"syn_recv4_nargs"`
+	SynRecv6Nargs        *ebpf.Variable `ebpf:"syn_recv6_nargs"`
 	TargNetns            *ebpf.Variable `ebpf:"targ_netns"`
 	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
 }
