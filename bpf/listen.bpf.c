@@ -97,6 +97,8 @@ struct scratch {
 	__u32 ack_full; /* accept queue full at syn_recv_sock entry (kprobe) */
 	__u32 cookie;   /* the current SYN was answered with a cookie (cookie hook) */
 	__u32 pad;
+	__u64 child;          /* the child the last syn_recv_sock made (fentry, kprobe) */
+	__u64 child_listener; /* and its listener, for the child's state change */
 };
 
 enum lost_idx {
@@ -708,6 +710,20 @@ static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *sk
 	}
 }
 
+/* syn_recv_sock made child for listener: the child's state change to
+ * ESTABLISHED follows on this CPU (tcp_child_process), and takes its
+ * listener from here rather than by address (SO_REUSEPORT siblings share
+ * one). */
+static __always_inline void note_child(__u64 child, __u64 listener)
+{
+	struct scratch *s = get_scratch();
+
+	if (s) {
+		s->child = child;
+		s->child_listener = listener;
+	}
+}
+
 /* Context slot i, loaded at a fixed offset: the verifier refuses a load
  * through a computed context pointer, which the compiler makes of a switch
  * over ctx[i]. */
@@ -740,16 +756,24 @@ static __always_inline __u64 fexit_ret(unsigned long long *ctx, __u32 nargs)
 SEC("fexit/tcp_v4_syn_recv_sock")
 int BPF_PROG(ack4_fexit, const struct sock *sk, struct sk_buff *skb)
 {
-	if (!fexit_ret(ctx, syn_recv4_nargs))
+	__u64 child = fexit_ret(ctx, syn_recv4_nargs);
+
+	if (!child)
 		ack_failed(sk, skb, false, true);
+	else
+		note_child(child, (__u64)sk);
 	return 0;
 }
 
 SEC("fexit/tcp_v6_syn_recv_sock")
 int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
 {
-	if (!fexit_ret(ctx, syn_recv6_nargs))
+	__u64 child = fexit_ret(ctx, syn_recv6_nargs);
+
+	if (!child)
 		ack_failed(sk, skb, false, true);
+	else
+		note_child(child, (__u64)sk);
 	return 0;
 }
 
@@ -775,6 +799,8 @@ static __always_inline void ack_exit(__u64 ret)
 	s->ack_sk = 0;
 	if (!ret)
 		ack_failed((const struct sock *)sk, (struct sk_buff *)s->ack_skb, s->ack_full, false);
+	else
+		note_child(ret, sk);
 }
 
 SEC("kprobe/tcp_v4_syn_recv_sock")
@@ -915,8 +941,16 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 			count_lost(LOST_LISTENERS);
 		return 0;
 	}
-	/* A passive handshake is done: its child sits in the accept queue. */
-	const struct sock *l = find_listener(k.netns, k.port, k.family, &k.addr);
+	/* A passive handshake is done: its child sits in the accept queue.
+	 * Its listener is the one syn_recv_sock made it for, where the ack
+	 * hook saw that (fentry, kprobe), else the one at its address. */
+	struct scratch *s = get_scratch();
+	const struct sock *l;
+
+	if (s && s->child == skp)
+		l = (const struct sock *)s->child_listener;
+	else
+		l = find_listener(k.netns, k.port, k.family, &k.addr);
 	if (l && is_listener(l, true)) {
 		b.listener = (__u64)l;
 		update_peak(l, true);
@@ -962,6 +996,17 @@ int BPF_PROG(accept_fexit, struct sock *sk)
 
 	if (ret && netns_ok(sk_netns(sk, true)))
 		accepted((__u64)sk, ret);
+	return 0;
+}
+
+/* accept() grafts the child it took to the new socket, with bottom halves
+ * off: no softirq runs inside this probe, so it makes the kernel skip no
+ * SYN or final-ACK probe (the probes of inet_csk_accept run with them on).
+ * The listener is the one recorded when the handshake was done. */
+SEC("kprobe/security_sock_graft")
+int BPF_KPROBE(accept_graft_kprobe, struct sock *sk)
+{
+	accepted(0, (__u64)sk);
 	return 0;
 }
 

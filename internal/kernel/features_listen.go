@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -22,6 +23,51 @@ var (
 		return err
 	})
 )
+
+// KprobeMissed: the kernel counts the hits of a kprobe it skipped (a probe
+// hit inside another probe's handler on that CPU) in the kprobe link's info,
+// and the runs of a kprobe program it skipped in the program's stats.
+var KprobeMissed = NewFeature("kprobe_missed", "counts of skipped kprobe hits (kprobe link info, program stats)", "6.7", func() error {
+	return btfMember("bpf_link_info", "perf_event", "kprobe", "missed")
+})
+
+// btfMember reports whether struct name has the member path in the
+// kernel's BTF, looking through anonymous structs and unions.
+func btfMember(name string, path ...string) error {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("load kernel BTF: %w", err)
+	}
+	var s *btf.Struct
+	if err := spec.TypeByName(name, &s); err != nil {
+		return fmt.Errorf("no struct %s in the kernel's BTF", name)
+	}
+	if !hasMember(s, path) {
+		return fmt.Errorf("struct %s has no %s", name, strings.Join(path, "."))
+	}
+	return nil
+}
+
+func hasMember(t btf.Type, path []string) bool {
+	var ms []btf.Member
+	switch c := btf.UnderlyingType(t).(type) {
+	case *btf.Struct:
+		ms = c.Members
+	case *btf.Union:
+		ms = c.Members
+	default:
+		return false
+	}
+	for _, m := range ms {
+		switch {
+		case m.Name == "" && hasMember(m.Type, path):
+			return true
+		case m.Name == path[0] && (len(path) == 1 || hasMember(m.Type, path[1:])):
+			return true
+		}
+	}
+	return false
+}
 
 // probeKfreeSkbRxSk loads a tp_btf program on kfree_skb that reads its
 // fourth argument (skb, location, reason, rx_sk): the verifier refuses the

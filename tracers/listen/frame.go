@@ -64,11 +64,11 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 		{Key: "overflows_unattributed", Label: "unattributed", Value: s.Unattributed},
 	}
 	var lost uint64
-	for _, n := range lostNames {
+	for _, n := range lostReasons {
 		lost += s.Lost[n]
 	}
 	f.Header = append(f.Header, output.Field{Key: "lost", Value: lost})
-	for _, n := range lostNames { // the reasons, when there is something to explain
+	for _, n := range lostReasons { // the reasons, when there is something to explain
 		if s.Lost[n] > 0 {
 			f.Header = append(f.Header, output.Field{Key: "lost_" + n, Label: "lost " + n, Value: s.Lost[n]})
 		}

@@ -27,7 +27,7 @@ var Hooks = []attach.Hook{
 	{Name: "syn", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"syn_enter_fentry", "syn_admit_fentry", "syn_exit_fentry"}},
 		{Tier: attach.Kprobe, Programs: []string{"syn_enter_kprobe", "syn_admit_kprobe", "syn_exit_kprobe"},
-			GivesUp: "about twice the cost per SYN"},
+			GivesUp: "about twice the cost per SYN; " + kprobeMisses},
 		{Tier: attach.Tracepoint, Programs: []string{"syn_consume_tp", "syn_admit_tp"},
 			GivesUp: "listeners found by port from the socket table; SYN drops classified by the queues as they are just after the decision; runs on every consumed skb and timer start"},
 	}},
@@ -36,14 +36,14 @@ var Hooks = []attach.Hook{
 	// a guess from the queues read around the kernel's lock-free check.
 	{Name: "cookie", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"cookie4_fentry", "cookie6_fentry"}},
-		{Tier: attach.Kprobe, Programs: []string{"cookie4_kprobe", "cookie6_kprobe"}},
+		{Tier: attach.Kprobe, Programs: []string{"cookie4_kprobe", "cookie6_kprobe"}, GivesUp: kprobeMisses},
 		{Tier: attach.Tracepoint,
 			GivesUp: "cookies told from overflows by the queues around the kernel's check (the tracepoint tier's syn hook does so anyway)"},
 	}},
 	{Name: "ack", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"ack4_fexit", "ack6_fexit"}},
 		{Tier: attach.Kprobe, Programs: []string{"ack4_kprobe", "ack4_kretprobe", "ack6_kprobe", "ack6_kretprobe"},
-			GivesUp: "about twice the cost per final ACK"},
+			GivesUp: "about twice the cost per final ACK; " + kprobeMisses},
 		{Tier: attach.Tracepoint, Programs: []string{"ack_kfree_tp"},
 			GivesUp: "skb:kfree_skb with the TCP_LISTEN_OVERFLOW drop reason (6.15+) and the receiving socket (6.11+); other final-ACK drops seen only from cookie checks. Before 6.15 the hook is given up: final-ACK overflows are counted as overflows_unattributed"},
 	}},
@@ -55,11 +55,18 @@ var Hooks = []attach.Hook{
 	}},
 	{Name: "accept", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"accept_fexit"}},
-		{Tier: attach.Kprobe, Programs: []string{"accept_kprobe", "accept_kretprobe"}},
+		{Tier: attach.Kprobe, Programs: []string{"accept_graft_kprobe"}},
+		{Tier: attach.Kprobe, Programs: []string{"accept_kprobe", "accept_kretprobe"},
+			GivesUp: "kprobes on inet_csk_accept (no security_sock_graft: a kernel without LSM hooks): a softirq inside their handlers makes the kernel skip the SYN and final-ACK probes it runs"},
 		{Tier: attach.Tracepoint, Programs: []string{"accept4_exit_tp", "accept_exit_tp"},
 			GivesUp: "accept latency from the return of accept4()/accept() (syscalls tracepoints, the new fd's socket through the file table): io_uring accepts not seen"},
 	}},
 }
+
+// kprobeMisses is what every kprobe alternative loses: the kernel skips a
+// probe hit while another probe's handler runs on that CPU, as when a
+// softirq processes SYNs inside the handler of accept()'s probes.
+const kprobeMisses = "a SYN or final ACK processed in a softirq that interrupts another probe's handler on that CPU is skipped by the kernel: counted as lost kprobe_missed on 6.7+, not seen before"
 
 // noAccept is the tracepoint tier's first alternative for the accept hook
 // unless Options.Syscalls: accept() is not hooked and accept latency is not
@@ -293,7 +300,7 @@ type Snapshot struct {
 	Somaxconn     int64
 	MaxSynBacklog int64
 	Syncookies    int64
-	Lost          map[string]uint64 // per reason, since start
+	Lost          map[string]uint64 // per reason, since start (kprobe_missed only where the kernel counts it)
 }
 
 var netstatFields = []string{"ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop", "TCPReqQFullDoCookies"}
@@ -545,6 +552,14 @@ func (t *Tracer) readPeaks() (map[uint64]listenPeak, error) {
 
 var lostNames = []string{"counters_map_full", "peaks_map_full", "born_map_full", "syn_unknown_listener", "listeners_map_full", "events_lost"}
 
+// lostKprobe counts the probe hits the kernel skipped in the kprobe tier
+// (a SYN or final ACK whose softirq ran inside the handler of accept()'s
+// probes on that CPU), where it counts them (6.7+).
+const lostKprobe = "kprobe_missed"
+
+// lostReasons are the keys of Snapshot.Lost, in header order.
+var lostReasons = append(slices.Clone(lostNames), lostKprobe)
+
 func (t *Tracer) readLost() (map[string]uint64, error) {
 	out := map[string]uint64{}
 	for i, n := range lostNames {
@@ -554,6 +569,16 @@ func (t *Tracer) readLost() (map[string]uint64, error) {
 		}
 		for _, v := range perCPU {
 			out[n] += v
+		}
+	}
+	missed, ok, err := t.objs.KprobeMissed()
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		out[lostKprobe] = 0
+		for _, v := range missed {
+			out[lostKprobe] += v
 		}
 	}
 	return out, nil

@@ -61,17 +61,19 @@ type listenPeakKey struct {
 }
 
 type listenScratch struct {
-	_        structs.HostLayout
-	SynSk    uint64
-	AckSk    uint64
-	SynSkb   uint64
-	AckSkb   uint64
-	Admitted uint32
-	Full     uint32
-	SynqFull uint32
-	AckFull  uint32
-	Cookie   uint32
-	Pad      uint32
+	_             structs.HostLayout
+	SynSk         uint64
+	AckSk         uint64
+	SynSkb        uint64
+	AckSkb        uint64
+	Admitted      uint32
+	Full          uint32
+	SynqFull      uint32
+	AckFull       uint32
+	Cookie        uint32
+	Pad           uint32
+	Child         uint64
+	ChildListener uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -92,6 +94,7 @@ const (
 	listenProgAccept4ExitTp       = "accept4_exit_tp"
 	listenProgAcceptExitTp        = "accept_exit_tp"
 	listenProgAcceptFexit         = "accept_fexit"
+	listenProgAcceptGraftKprobe   = "accept_graft_kprobe"
 	listenProgAcceptKprobe        = "accept_kprobe"
 	listenProgAcceptKretprobe     = "accept_kretprobe"
 	listenProgAck4Fexit           = "ack4_fexit"
@@ -177,32 +180,33 @@ type listenSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenProgramSpecs struct {
-	Accept4ExitTp   *ebpf.ProgramSpec `ebpf:"accept4_exit_tp"`
-	AcceptExitTp    *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
-	AcceptFexit     *ebpf.ProgramSpec `ebpf:"accept_fexit"`
-	AcceptKprobe    *ebpf.ProgramSpec `ebpf:"accept_kprobe"`
-	AcceptKretprobe *ebpf.ProgramSpec `ebpf:"accept_kretprobe"`
-	Ack4Fexit       *ebpf.ProgramSpec `ebpf:"ack4_fexit"`
-	Ack4Kprobe      *ebpf.ProgramSpec `ebpf:"ack4_kprobe"`
-	Ack4Kretprobe   *ebpf.ProgramSpec `ebpf:"ack4_kretprobe"`
-	Ack6Fexit       *ebpf.ProgramSpec `ebpf:"ack6_fexit"`
-	Ack6Kprobe      *ebpf.ProgramSpec `ebpf:"ack6_kprobe"`
-	Ack6Kretprobe   *ebpf.ProgramSpec `ebpf:"ack6_kretprobe"`
-	AckKfreeTp      *ebpf.ProgramSpec `ebpf:"ack_kfree_tp"`
-	Cookie4Fentry   *ebpf.ProgramSpec `ebpf:"cookie4_fentry"`
-	Cookie4Kprobe   *ebpf.ProgramSpec `ebpf:"cookie4_kprobe"`
-	Cookie6Fentry   *ebpf.ProgramSpec `ebpf:"cookie6_fentry"`
-	Cookie6Kprobe   *ebpf.ProgramSpec `ebpf:"cookie6_kprobe"`
-	StateTp         *ebpf.ProgramSpec `ebpf:"state_tp"`
-	SynAdmitFentry  *ebpf.ProgramSpec `ebpf:"syn_admit_fentry"`
-	SynAdmitKprobe  *ebpf.ProgramSpec `ebpf:"syn_admit_kprobe"`
-	SynAdmitTp      *ebpf.ProgramSpec `ebpf:"syn_admit_tp"`
-	SynConsumeTp    *ebpf.ProgramSpec `ebpf:"syn_consume_tp"`
-	SynEnterFentry  *ebpf.ProgramSpec `ebpf:"syn_enter_fentry"`
-	SynEnterKprobe  *ebpf.ProgramSpec `ebpf:"syn_enter_kprobe"`
-	SynExitFentry   *ebpf.ProgramSpec `ebpf:"syn_exit_fentry"`
-	SynExitKprobe   *ebpf.ProgramSpec `ebpf:"syn_exit_kprobe"`
-	SynackTp        *ebpf.ProgramSpec `ebpf:"synack_tp"`
+	Accept4ExitTp     *ebpf.ProgramSpec `ebpf:"accept4_exit_tp"`
+	AcceptExitTp      *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
+	AcceptFexit       *ebpf.ProgramSpec `ebpf:"accept_fexit"`
+	AcceptGraftKprobe *ebpf.ProgramSpec `ebpf:"accept_graft_kprobe"`
+	AcceptKprobe      *ebpf.ProgramSpec `ebpf:"accept_kprobe"`
+	AcceptKretprobe   *ebpf.ProgramSpec `ebpf:"accept_kretprobe"`
+	Ack4Fexit         *ebpf.ProgramSpec `ebpf:"ack4_fexit"`
+	Ack4Kprobe        *ebpf.ProgramSpec `ebpf:"ack4_kprobe"`
+	Ack4Kretprobe     *ebpf.ProgramSpec `ebpf:"ack4_kretprobe"`
+	Ack6Fexit         *ebpf.ProgramSpec `ebpf:"ack6_fexit"`
+	Ack6Kprobe        *ebpf.ProgramSpec `ebpf:"ack6_kprobe"`
+	Ack6Kretprobe     *ebpf.ProgramSpec `ebpf:"ack6_kretprobe"`
+	AckKfreeTp        *ebpf.ProgramSpec `ebpf:"ack_kfree_tp"`
+	Cookie4Fentry     *ebpf.ProgramSpec `ebpf:"cookie4_fentry"`
+	Cookie4Kprobe     *ebpf.ProgramSpec `ebpf:"cookie4_kprobe"`
+	Cookie6Fentry     *ebpf.ProgramSpec `ebpf:"cookie6_fentry"`
+	Cookie6Kprobe     *ebpf.ProgramSpec `ebpf:"cookie6_kprobe"`
+	StateTp           *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SynAdmitFentry    *ebpf.ProgramSpec `ebpf:"syn_admit_fentry"`
+	SynAdmitKprobe    *ebpf.ProgramSpec `ebpf:"syn_admit_kprobe"`
+	SynAdmitTp        *ebpf.ProgramSpec `ebpf:"syn_admit_tp"`
+	SynConsumeTp      *ebpf.ProgramSpec `ebpf:"syn_consume_tp"`
+	SynEnterFentry    *ebpf.ProgramSpec `ebpf:"syn_enter_fentry"`
+	SynEnterKprobe    *ebpf.ProgramSpec `ebpf:"syn_enter_kprobe"`
+	SynExitFentry     *ebpf.ProgramSpec `ebpf:"syn_exit_fentry"`
+	SynExitKprobe     *ebpf.ProgramSpec `ebpf:"syn_exit_kprobe"`
+	SynackTp          *ebpf.ProgramSpec `ebpf:"synack_tp"`
 }
 
 // listenMapSpecs contains maps before they are loaded into the kernel.
@@ -323,32 +327,33 @@ type listenVariables struct {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenPrograms struct {
-	Accept4ExitTp   *ebpf.Program `ebpf:"accept4_exit_tp"`
-	AcceptExitTp    *ebpf.Program `ebpf:"accept_exit_tp"`
-	AcceptFexit     *ebpf.Program `ebpf:"accept_fexit"`
-	AcceptKprobe    *ebpf.Program `ebpf:"accept_kprobe"`
-	AcceptKretprobe *ebpf.Program `ebpf:"accept_kretprobe"`
-	Ack4Fexit       *ebpf.Program `ebpf:"ack4_fexit"`
-	Ack4Kprobe      *ebpf.Program `ebpf:"ack4_kprobe"`
-	Ack4Kretprobe   *ebpf.Program `ebpf:"ack4_kretprobe"`
-	Ack6Fexit       *ebpf.Program `ebpf:"ack6_fexit"`
-	Ack6Kprobe      *ebpf.Program `ebpf:"ack6_kprobe"`
-	Ack6Kretprobe   *ebpf.Program `ebpf:"ack6_kretprobe"`
-	AckKfreeTp      *ebpf.Program `ebpf:"ack_kfree_tp"`
-	Cookie4Fentry   *ebpf.Program `ebpf:"cookie4_fentry"`
-	Cookie4Kprobe   *ebpf.Program `ebpf:"cookie4_kprobe"`
-	Cookie6Fentry   *ebpf.Program `ebpf:"cookie6_fentry"`
-	Cookie6Kprobe   *ebpf.Program `ebpf:"cookie6_kprobe"`
-	StateTp         *ebpf.Program `ebpf:"state_tp"`
-	SynAdmitFentry  *ebpf.Program `ebpf:"syn_admit_fentry"`
-	SynAdmitKprobe  *ebpf.Program `ebpf:"syn_admit_kprobe"`
-	SynAdmitTp      *ebpf.Program `ebpf:"syn_admit_tp"`
-	SynConsumeTp    *ebpf.Program `ebpf:"syn_consume_tp"`
-	SynEnterFentry  *ebpf.Program `ebpf:"syn_enter_fentry"`
-	SynEnterKprobe  *ebpf.Program `ebpf:"syn_enter_kprobe"`
-	SynExitFentry   *ebpf.Program `ebpf:"syn_exit_fentry"`
-	SynExitKprobe   *ebpf.Program `ebpf:"syn_exit_kprobe"`
-	SynackTp        *ebpf.Program `ebpf:"synack_tp"`
+	Accept4ExitTp     *ebpf.Program `ebpf:"accept4_exit_tp"`
+	AcceptExitTp      *ebpf.Program `ebpf:"accept_exit_tp"`
+	AcceptFexit       *ebpf.Program `ebpf:"accept_fexit"`
+	AcceptGraftKprobe *ebpf.Program `ebpf:"accept_graft_kprobe"`
+	AcceptKprobe      *ebpf.Program `ebpf:"accept_kprobe"`
+	AcceptKretprobe   *ebpf.Program `ebpf:"accept_kretprobe"`
+	Ack4Fexit         *ebpf.Program `ebpf:"ack4_fexit"`
+	Ack4Kprobe        *ebpf.Program `ebpf:"ack4_kprobe"`
+	Ack4Kretprobe     *ebpf.Program `ebpf:"ack4_kretprobe"`
+	Ack6Fexit         *ebpf.Program `ebpf:"ack6_fexit"`
+	Ack6Kprobe        *ebpf.Program `ebpf:"ack6_kprobe"`
+	Ack6Kretprobe     *ebpf.Program `ebpf:"ack6_kretprobe"`
+	AckKfreeTp        *ebpf.Program `ebpf:"ack_kfree_tp"`
+	Cookie4Fentry     *ebpf.Program `ebpf:"cookie4_fentry"`
+	Cookie4Kprobe     *ebpf.Program `ebpf:"cookie4_kprobe"`
+	Cookie6Fentry     *ebpf.Program `ebpf:"cookie6_fentry"`
+	Cookie6Kprobe     *ebpf.Program `ebpf:"cookie6_kprobe"`
+	StateTp           *ebpf.Program `ebpf:"state_tp"`
+	SynAdmitFentry    *ebpf.Program `ebpf:"syn_admit_fentry"`
+	SynAdmitKprobe    *ebpf.Program `ebpf:"syn_admit_kprobe"`
+	SynAdmitTp        *ebpf.Program `ebpf:"syn_admit_tp"`
+	SynConsumeTp      *ebpf.Program `ebpf:"syn_consume_tp"`
+	SynEnterFentry    *ebpf.Program `ebpf:"syn_enter_fentry"`
+	SynEnterKprobe    *ebpf.Program `ebpf:"syn_enter_kprobe"`
+	SynExitFentry     *ebpf.Program `ebpf:"syn_exit_fentry"`
+	SynExitKprobe     *ebpf.Program `ebpf:"syn_exit_kprobe"`
+	SynackTp          *ebpf.Program `ebpf:"synack_tp"`
 }
 
 func (p *listenPrograms) Close() error {
@@ -356,6 +361,7 @@ func (p *listenPrograms) Close() error {
 		p.Accept4ExitTp,
 		p.AcceptExitTp,
 		p.AcceptFexit,
+		p.AcceptGraftKprobe,
 		p.AcceptKprobe,
 		p.AcceptKretprobe,
 		p.Ack4Fexit,

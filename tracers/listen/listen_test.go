@@ -58,6 +58,12 @@ func fullyAttributed(t *testing.T, tr *Tracer) bool {
 	return !tr.ackBlind()
 }
 
+// seen says whether a tier's count got matches the ground truth want, but
+// for at most missed events the kernel says it skipped.
+func seen(got, want int64, missed uint64) bool {
+	return got <= want && got+int64(missed) >= want
+}
+
 // tcpCounters reads the namespace's Tcp and TcpExt counters, as
 // "Tcp.ActiveOpens", "TcpExt.TCPSynRetrans".
 func tcpCounters(t *testing.T, ns *testutil.Netns) map[string]uint64 {
@@ -271,20 +277,23 @@ func neverAccepts(t *testing.T, host string) {
 			if synOvf < 0 || ackOvf < int64(clientsIn)-int64(l.AcceptQ) {
 				t.Errorf("ground truth: %d SYN and %d final-ACK overflows, for %d clients established and %d queued", synOvf, ackOvf, clientsIn, l.AcceptQ)
 			}
-			if got := int64(l.Admitted + l.Cookies + f.Admitted + f.Cookies); got != answered || l.Cookies+f.Cookies != s.Netstat["SyncookiesSent"] {
-				t.Errorf("SYNs admitted %d+%d, cookies %d+%d (namespace SyncookiesSent %d): want %d answered", l.Admitted, f.Admitted, l.Cookies, f.Cookies, s.Netstat["SyncookiesSent"], answered)
+			// Exact, but for the probe hits the kernel skipped and says so
+			// (kprobe tier, 6.7+): each is one event not seen.
+			m := s.Lost[lostKprobe]
+			if got := int64(l.Admitted + l.Cookies + f.Admitted + f.Cookies); !seen(got, answered, m) || !seen(int64(l.Cookies+f.Cookies), int64(s.Netstat["SyncookiesSent"]), m) {
+				t.Errorf("SYNs admitted %d+%d, cookies %d+%d (namespace SyncookiesSent %d): want %d answered (%d probe hits missed)", l.Admitted, f.Admitted, l.Cookies, f.Cookies, s.Netstat["SyncookiesSent"], answered, m)
 			}
-			if got := int64(l.SynDrops + f.SynDrops + l.AckDrops + f.AckDrops); got != synDrops {
+			if got := int64(l.SynDrops + f.SynDrops + l.AckDrops + f.AckDrops); !seen(got, synDrops, m) {
 				t.Errorf("drops %d, namespace ListenDrops-ListenOverflows %d", got, synDrops)
 			}
-			if got := int64(l.SynOverflows + f.SynOverflows); got != synOvf {
-				t.Errorf("SYN overflows %d+%d, want %d", l.SynOverflows, f.SynOverflows, synOvf)
+			if got := int64(l.SynOverflows + f.SynOverflows); !seen(got, synOvf, m) {
+				t.Errorf("SYN overflows %d+%d, want %d (%d probe hits missed)", l.SynOverflows, f.SynOverflows, synOvf, m)
 			}
 			// Final-ACK overflows: attributed, or where the tier cannot
 			// see them, all of them unattributed and none attributed.
 			if fullyAttributed(t, tr) {
-				if got := int64(l.AckOverflows + f.AckOverflows); got != ackOvf || s.Unattributed != 0 {
-					t.Errorf("final-ACK overflows %d+%d, want %d (unattributed %d)", l.AckOverflows, f.AckOverflows, ackOvf, s.Unattributed)
+				if got := int64(l.AckOverflows + f.AckOverflows); !seen(got, ackOvf, m) || !seen(0, s.Unattributed, m) {
+					t.Errorf("final-ACK overflows %d+%d, want %d (unattributed %d, %d probe hits missed)", l.AckOverflows, f.AckOverflows, ackOvf, s.Unattributed, m)
 				}
 			} else if s.Unattributed != ackOvf || l.AckOverflows+f.AckOverflows != 0 {
 				t.Errorf("unattributed %d, final-ACK overflows %d+%d attributed: want the %d final-ACK overflows unattributed", s.Unattributed, l.AckOverflows, f.AckOverflows, ackOvf)
@@ -365,10 +374,28 @@ func TestSlowAccept(t *testing.T) {
 	}()
 	unix.SetNonblock(lfd, true)
 
+	before := tcpCounters(t, ns)
 	fds := connectMany(t, ns, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), 500, 4)
-	var total, totalNS uint64
+	var total, totalNS, drops uint64
+	var sum Listener
 	var unattributed int64
 	var peaks []uint32
+	add := func(s *Snapshot, l *Listener) {
+		totalNS += s.Netstat["ListenOverflows"]
+		drops += s.Netstat["ListenDrops"]
+		unattributed += s.Unattributed
+		if l == nil {
+			return
+		}
+		total += l.Overflows()
+		sum.SynOverflows += l.SynOverflows
+		sum.AckOverflows += l.AckOverflows
+		sum.SynDrops += l.SynDrops
+		sum.AckDrops += l.AckDrops
+		sum.Admitted += l.Admitted
+		sum.Cookies += l.Cookies
+		sum.SynackRetrans += l.SynackRetrans
+	}
 	for range 15 {
 		time.Sleep(200 * time.Millisecond)
 		s, err := tr.Snapshot()
@@ -380,30 +407,26 @@ func TestSlowAccept(t *testing.T) {
 			t.Fatal("listener missing")
 		}
 		peaks = append(peaks, l.AcceptPeak)
-		total += l.Overflows()
-		totalNS += s.Netstat["ListenOverflows"]
-		unattributed += s.Unattributed
+		add(s, l)
 		// backlog+1, or +2 when two handshakes complete at once on two
 		// CPUs (both pass the full check before either is queued).
 		if l.AcceptPeak > 12 || l.AcceptQ > 12 {
 			t.Errorf("accept queue %d peak %d beyond backlog 10 + 2", l.AcceptQ, l.AcceptPeak)
 		}
 	}
+	clientsIn := established(fds)
 	resetAll(fds)
 	close(stop)
 	<-done
 	time.Sleep(200 * time.Millisecond)
+	after := tcpCounters(t, ns)
 	s, err := tr.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l := find(s, port); l != nil {
-		total += l.Overflows()
-	}
-	totalNS += s.Netstat["ListenOverflows"]
-	unattributed += s.Unattributed
-	t.Logf("tiers %v: accepted %d; peaks per 200ms %v; overflows %d, namespace ListenOverflows %d, unattributed %d",
-		tr.objs.Tiers(), accepted, peaks, total, totalNS, unattributed)
+	add(s, find(s, port))
+	t.Logf("tiers %v: accepted %d; peaks per 200ms %v; overflows %d, namespace ListenOverflows %d, unattributed %d; lost %v",
+		tr.objs.Tiers(), accepted, peaks, total, totalNS, unattributed, s.Lost)
 	if totalNS == 0 {
 		t.Fatal("no overflow: the test did not load the queue")
 	}
@@ -419,11 +442,38 @@ func TestSlowAccept(t *testing.T) {
 	if c, _ := tr.objs.Choice("syn"); c.Tier == attach.Tracepoint {
 		slack = max(2, totalNS/200)
 	}
+	// The kprobe tier sees every event but those the kernel says it
+	// skipped (6.7+: a softirq inside the handler of accept()'s probes).
+	slack = max(slack, s.Lost[lostKprobe])
 	if fullyAttributed(t, tr) && (absDiff(total, totalNS) > slack || (slack == 0 && unattributed != 0)) {
 		t.Errorf("overflows %d, namespace ListenOverflows %d, unattributed %d", total, totalNS, unattributed)
 	}
-	if !fullyAttributed(t, tr) && total+uint64(unattributed) != totalNS {
-		t.Errorf("overflows %d + unattributed %d != namespace ListenOverflows %d", total, unattributed, totalNS)
+	// Split at the SYN and the final ACK as in TestNeverAccepts: SYNs the
+	// listener got, less those answered (one per client established) and
+	// those refused otherwise (the listen drops that are not overflows),
+	// overflowed at the SYN; the rest of ListenOverflows at the final ACK.
+	syns := int64(after["Tcp.ActiveOpens"]-before["Tcp.ActiveOpens"]) +
+		int64(after["TcpExt.TCPSynRetrans"]-before["TcpExt.TCPSynRetrans"]) - int64(sum.SynackRetrans)
+	synDrops := int64(drops) - int64(totalNS)
+	synOvf := syns - int64(clientsIn) - synDrops
+	ackOvf := int64(totalNS) - synOvf
+	t.Logf("ground truth: %d SYNs, %d answered, %d dropped, %d overflowed; %d final-ACK overflows; seen: admitted %d, cookies %d, drops %d+%d, overflows %d+%d",
+		syns, clientsIn, synDrops, synOvf, ackOvf, sum.Admitted, sum.Cookies, sum.SynDrops, sum.AckDrops, sum.SynOverflows, sum.AckOverflows)
+	if synOvf < 0 || ackOvf < 0 {
+		t.Errorf("ground truth: %d SYN and %d final-ACK overflows", synOvf, ackOvf)
+	}
+	within := func(got uint64, want int64) bool { return absDiff(got, uint64(max(want, 0))) <= slack }
+	if !within(sum.Admitted+sum.Cookies, int64(clientsIn)) || !within(sum.SynDrops+sum.AckDrops, synDrops) || !within(sum.SynOverflows, synOvf) {
+		t.Errorf("SYNs answered %d+%d (want %d), drops %d+%d (want %d), SYN overflows %d (want %d)",
+			sum.Admitted, sum.Cookies, clientsIn, sum.SynDrops, sum.AckDrops, synDrops, sum.SynOverflows, synOvf)
+	}
+	// Final-ACK overflows attributed, or where the tier gives them up,
+	// all of them unattributed.
+	if fullyAttributed(t, tr) && !within(sum.AckOverflows, ackOvf) {
+		t.Errorf("final-ACK overflows %d, want %d", sum.AckOverflows, ackOvf)
+	}
+	if !fullyAttributed(t, tr) && (sum.AckOverflows != 0 || absDiff(uint64(max(unattributed, 0)), uint64(max(ackOvf, 0))) > slack) {
+		t.Errorf("final-ACK overflows %d attributed, %d unattributed: want the %d final-ACK overflows unattributed", sum.AckOverflows, unattributed, ackOvf)
 	}
 }
 
@@ -469,7 +519,7 @@ func TestCookies(t *testing.T) {
 			if ok != 50 || sent < 50 {
 				t.Fatalf("clients %d of 50 connected, %d cookies sent: the test did not make cookies", ok, sent)
 			}
-			if l.Cookies != sent || l.Overflows() != 0 || l.SynDrops != 0 {
+			if !seen(int64(l.Cookies), int64(sent), s.Lost[lostKprobe]) || l.Overflows() != 0 || l.SynDrops != 0 {
 				t.Errorf("cookies %d (namespace %d), overflows %d, syn drops %d; want all cookies", l.Cookies, sent, l.Overflows(), l.SynDrops)
 			}
 		})
