@@ -689,8 +689,7 @@ int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 
 /* A final ACK that made no child. The kernel checks the accept queue
  * first thing, without the listener's lock: an accept() on another CPU can
- * drain it before our exit program looks. full: it was full at entry (the
- * kprobe tier keeps that reading; fexit has none). */
+ * drain it before our exit program looks. full: it was full at entry. */
 static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *skb, bool full, bool t)
 {
 	struct counters *c;
@@ -752,16 +751,58 @@ static __always_inline __u64 fexit_ret(unsigned long long *ctx, __u32 nargs)
 	return 0;
 }
 
+/* syn_recv_sock entered for a final ACK: whether the accept queue is full
+ * now, for its exit (the kernel's check comes first thing). */
+static __always_inline void ack_enter(const struct sock *sk, struct sk_buff *skb, bool t)
+{
+	struct scratch *s = get_scratch();
+
+	if (s) {
+		s->ack_sk = (__u64)sk;
+		s->ack_skb = (__u64)skb;
+		s->ack_full = acceptq_full(sk, t);
+	}
+}
+
+/* Whether the queue was full when syn_recv_sock entered for sk on this
+ * CPU, and forget it. */
+static __always_inline bool ack_was_full(const struct sock *sk)
+{
+	struct scratch *s = get_scratch();
+	bool full;
+
+	if (!s || s->ack_sk != (__u64)sk)
+		return false;
+	full = s->ack_full;
+	s->ack_sk = 0;
+	return full;
+}
+
+SEC("fentry/tcp_v4_syn_recv_sock")
+int BPF_PROG(ack4_fentry, const struct sock *sk, struct sk_buff *skb)
+{
+	ack_enter(sk, skb, true);
+	return 0;
+}
+
 /* tcp_v4_syn_recv_sock returned: no child (NULL) is a final ACK dropped. */
 SEC("fexit/tcp_v4_syn_recv_sock")
 int BPF_PROG(ack4_fexit, const struct sock *sk, struct sk_buff *skb)
 {
 	__u64 child = fexit_ret(ctx, syn_recv4_nargs);
+	bool full = ack_was_full(sk);
 
 	if (!child)
-		ack_failed(sk, skb, false, true);
+		ack_failed(sk, skb, full, true);
 	else
 		note_child(child, (__u64)sk);
+	return 0;
+}
+
+SEC("fentry/tcp_v6_syn_recv_sock")
+int BPF_PROG(ack6_fentry, const struct sock *sk, struct sk_buff *skb)
+{
+	ack_enter(sk, skb, true);
 	return 0;
 }
 
@@ -769,24 +810,15 @@ SEC("fexit/tcp_v6_syn_recv_sock")
 int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
 {
 	__u64 child = fexit_ret(ctx, syn_recv6_nargs);
+	bool full = ack_was_full(sk);
 
 	if (!child)
-		ack_failed(sk, skb, false, true);
+		ack_failed(sk, skb, full, true);
 	else
 		note_child(child, (__u64)sk);
 	return 0;
 }
 
-static __always_inline void ack_enter(const struct sock *sk, struct sk_buff *skb)
-{
-	struct scratch *s = get_scratch();
-
-	if (s) {
-		s->ack_sk = (__u64)sk;
-		s->ack_skb = (__u64)skb;
-		s->ack_full = acceptq_full(sk, false);
-	}
-}
 
 static __always_inline void ack_exit(__u64 ret)
 {
@@ -806,7 +838,7 @@ static __always_inline void ack_exit(__u64 ret)
 SEC("kprobe/tcp_v4_syn_recv_sock")
 int BPF_KPROBE(ack4_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	ack_enter(sk, skb);
+	ack_enter(sk, skb, false);
 	return 0;
 }
 
@@ -820,7 +852,7 @@ int BPF_KRETPROBE(ack4_kretprobe, void *ret)
 SEC("kprobe/tcp_v6_syn_recv_sock")
 int BPF_KPROBE(ack6_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	ack_enter(sk, skb);
+	ack_enter(sk, skb, false);
 	return 0;
 }
 
@@ -947,9 +979,10 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 	struct scratch *s = get_scratch();
 	const struct sock *l;
 
-	if (s && s->child == skp)
+	if (s && s->child == skp) {
 		l = (const struct sock *)s->child_listener;
-	else
+		s->child = 0;
+	} else
 		l = find_listener(k.netns, k.port, k.family, &k.addr);
 	if (l && is_listener(l, true)) {
 		b.listener = (__u64)l;

@@ -41,7 +41,7 @@ var Hooks = []attach.Hook{
 			GivesUp: "cookies told from overflows by the queues around the kernel's check (the tracepoint tier's syn hook does so anyway)"},
 	}},
 	{Name: "ack", Alternatives: []attach.Alternative{
-		{Tier: attach.Fentry, Programs: []string{"ack4_fexit", "ack6_fexit"}},
+		{Tier: attach.Fentry, Programs: []string{"ack4_fentry", "ack4_fexit", "ack6_fentry", "ack6_fexit"}},
 		{Tier: attach.Kprobe, Programs: []string{"ack4_kprobe", "ack4_kretprobe", "ack6_kprobe", "ack6_kretprobe"},
 			GivesUp: "about twice the cost per final ACK; " + kprobeMisses},
 		{Tier: attach.Tracepoint, Programs: []string{"ack_kfree_tp"},
@@ -85,6 +85,16 @@ func hooks(opts Options) []attach.Hook {
 	return attach.GiveUpBefore(Hooks, "accept", attach.Tracepoint, noAccept)
 }
 
+// forKernel returns hs as the running kernel lets them work: the ack hook
+// given up in the tracepoint tier where skb:kfree_skb cannot name the
+// listener.
+func forKernel(hs []attach.Hook) []attach.Hook {
+	if alt := ackBlind(); alt != nil {
+		return attach.GiveUpBefore(hs, "ack", attach.Tracepoint, *alt)
+	}
+	return hs
+}
+
 // ackBlind returns, for a kernel whose skb:kfree_skb cannot name the
 // listener of a final ACK dropped for a full accept queue, the tracepoint
 // tier's "none" alternative for the ack hook (what it loses, and the
@@ -101,7 +111,7 @@ func ackBlind() *attach.Alternative {
 func init() {
 	attach.Register(attach.TracerInfo{
 		Name: "listen", Summary: "accept-queue depth and listen drops per listening socket",
-		Spec: loadListen, Hooks: hooks(Options{}), Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
+		Spec: loadListen, Hooks: hooks(Options{}), ForKernel: forKernel, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
 	})
 }
 
@@ -161,10 +171,7 @@ func New(opts Options) (_ *Tracer, err error) {
 		return nil, err
 	}
 	aopts := attach.Options{Tier: opts.Tier, Constants: consts}
-	hs := hooks(opts)
-	if alt := ackBlind(); alt != nil {
-		hs = attach.GiveUpBefore(hs, "ack", attach.Tracepoint, *alt)
-	}
+	hs := forKernel(hooks(opts))
 	// An fexit program finds the return value after the parameters; a
 	// count fexit_ret does not know leaves that hook to kprobes.
 	if !slices.Contains(fexitArgs, facts.SynRecv4Args) || !slices.Contains(fexitArgs, facts.SynRecv6Args) {

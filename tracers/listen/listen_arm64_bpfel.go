@@ -97,9 +97,11 @@ const (
 	listenProgAcceptGraftKprobe   = "accept_graft_kprobe"
 	listenProgAcceptKprobe        = "accept_kprobe"
 	listenProgAcceptKretprobe     = "accept_kretprobe"
+	listenProgAck4Fentry          = "ack4_fentry"
 	listenProgAck4Fexit           = "ack4_fexit"
 	listenProgAck4Kprobe          = "ack4_kprobe"
 	listenProgAck4Kretprobe       = "ack4_kretprobe"
+	listenProgAck6Fentry          = "ack6_fentry"
 	listenProgAck6Fexit           = "ack6_fexit"
 	listenProgAck6Kprobe          = "ack6_kprobe"
 	listenProgAck6Kretprobe       = "ack6_kretprobe"
@@ -186,9 +188,11 @@ type listenProgramSpecs struct {
 	AcceptGraftKprobe *ebpf.ProgramSpec `ebpf:"accept_graft_kprobe"`
 	AcceptKprobe      *ebpf.ProgramSpec `ebpf:"accept_kprobe"`
 	AcceptKretprobe   *ebpf.ProgramSpec `ebpf:"accept_kretprobe"`
+	Ack4Fentry        *ebpf.ProgramSpec `ebpf:"ack4_fentry"`
 	Ack4Fexit         *ebpf.ProgramSpec `ebpf:"ack4_fexit"`
 	Ack4Kprobe        *ebpf.ProgramSpec `ebpf:"ack4_kprobe"`
 	Ack4Kretprobe     *ebpf.ProgramSpec `ebpf:"ack4_kretprobe"`
+	Ack6Fentry        *ebpf.ProgramSpec `ebpf:"ack6_fentry"`
 	Ack6Fexit         *ebpf.ProgramSpec `ebpf:"ack6_fexit"`
 	Ack6Kprobe        *ebpf.ProgramSpec `ebpf:"ack6_kprobe"`
 	Ack6Kretprobe     *ebpf.ProgramSpec `ebpf:"ack6_kretprobe"`
@@ -333,9 +337,11 @@ type listenPrograms struct {
 	AcceptGraftKprobe *ebpf.Program `ebpf:"accept_graft_kprobe"`
 	AcceptKprobe      *ebpf.Program `ebpf:"accept_kprobe"`
 	AcceptKretprobe   *ebpf.Program `ebpf:"accept_kretprobe"`
+	Ack4Fentry        *ebpf.Program `ebpf:"ack4_fentry"`
 	Ack4Fexit         *ebpf.Program `ebpf:"ack4_fexit"`
 	Ack4Kprobe        *ebpf.Program `ebpf:"ack4_kprobe"`
 	Ack4Kretprobe     *ebpf.Program `ebpf:"ack4_kretprobe"`
+	Ack6Fentry        *ebpf.Program `ebpf:"ack6_fentry"`
 	Ack6Fexit         *ebpf.Program `ebpf:"ack6_fexit"`
 	Ack6Kprobe        *ebpf.Program `ebpf:"ack6_kprobe"`
 	Ack6Kretprobe     *ebpf.Program `ebpf:"ack6_kretprobe"`
@@ -364,9 +370,11 @@ func (p *listenPrograms) Close() error {
 		p.AcceptGraftKprobe,
 		p.AcceptKprobe,
 		p.AcceptKretprobe,
+		p.Ack4Fentry,
 		p.Ack4Fexit,
 		p.Ack4Kprobe,
 		p.Ack4Kretprobe,
+		p.Ack6Fentry,
 		p.Ack6Fexit,
 		p.Ack6Kprobe,
 		p.Ack6Kretprobe,
