@@ -22,7 +22,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Network namespace inode to watch; 0 watches every namespace. */
 const volatile __u32 targ_netns = 0;
 /* SKB_DROP_REASON_TCP_LISTEN_OVERFLOW from the running kernel's BTF, or
- * NO_REASON when it lacks the value (6.1). */
+ * NO_REASON when it lacks the value (before 6.15). */
 const volatile __u32 reason_listen_overflow = NO_REASON;
 /* SKB_DROP_REASON_NO_SOCKET: what cookie_v4_check and cookie_v6_check drop a
  * valid cookie ACK with when the listener made no child (accept queue
@@ -32,7 +32,7 @@ const volatile __u64 cookie4_start = 0;
 const volatile __u64 cookie4_end = 0;
 const volatile __u64 cookie6_start = 0;
 const volatile __u64 cookie6_end = 0;
-/* skb:kfree_skb passes the receiving socket (6.12+). */
+/* skb:kfree_skb passes the receiving socket (6.11+). */
 const volatile bool has_rx_sk = false;
 /* skb:consume_skb passes the caller's address (6.3+), and where
  * tcp_rcv_state_process lies, to keep only SYNs a listener consumed. */
@@ -42,6 +42,15 @@ const volatile __u64 rcv_state_end = 0;
 /* Address of reqsk_timer_handler: a request socket's first timer start
  * marks a SYN the listener admitted. 0 when kallsyms hides addresses. */
 const volatile __u64 reqsk_timer_fn = 0;
+/* Parameters of tcp_v4_syn_recv_sock, tcp_v6_syn_recv_sock and
+ * inet_csk_accept in the running kernel's BTF (6 or 7; 4 or 2): an fexit
+ * program finds the return value in the slot after them. */
+const volatile __u32 syn_recv4_nargs = 0;
+const volatile __u32 syn_recv6_nargs = 0;
+const volatile __u32 accept_nargs = 0;
+/* bpf_get_current_task_btf (5.11+); before it, the task's file table is
+ * read with probe reads from bpf_get_current_task. */
+const volatile bool has_task_btf = false;
 
 /* Per listener, monotonic; user space takes deltas. */
 struct counters {
@@ -88,6 +97,8 @@ struct scratch {
 	__u32 ack_full; /* accept queue full at syn_recv_sock entry (kprobe) */
 	__u32 cookie;   /* the current SYN was answered with a cookie (cookie hook) */
 	__u32 pad;
+	__u64 child;          /* the child the last syn_recv_sock made (fentry, kprobe) */
+	__u64 child_listener; /* and its listener, for the child's state change */
 };
 
 enum lost_idx {
@@ -678,8 +689,7 @@ int BPF_PROG(syn_consume_tp, struct sk_buff *skb)
 
 /* A final ACK that made no child. The kernel checks the accept queue
  * first thing, without the listener's lock: an accept() on another CPU can
- * drain it before our exit program looks. full: it was full at entry (the
- * kprobe tier keeps that reading; fexit has none). */
+ * drain it before our exit program looks. full: it was full at entry. */
 static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *skb, bool full, bool t)
 {
 	struct counters *c;
@@ -699,38 +709,116 @@ static __always_inline void ack_failed(const struct sock *sk, struct sk_buff *sk
 	}
 }
 
-SEC("fexit/tcp_v4_syn_recv_sock")
-int BPF_PROG(ack4_fexit, const struct sock *sk, struct sk_buff *skb)
+/* syn_recv_sock made child for listener: the child's state change to
+ * ESTABLISHED follows on this CPU (tcp_child_process), and takes its
+ * listener from here rather than by address (SO_REUSEPORT siblings share
+ * one). */
+static __always_inline void note_child(__u64 child, __u64 listener)
 {
-	__u64 ret = 0;
+	struct scratch *s = get_scratch();
 
-	bpf_get_func_ret(ctx, &ret);
-	if (!ret)
-		ack_failed(sk, skb, false, true);
+	if (s) {
+		s->child = child;
+		s->child_listener = listener;
+	}
+}
+
+/* Context slot i, loaded at a fixed offset: the verifier refuses a load
+ * through a computed context pointer, which the compiler makes of a switch
+ * over ctx[i]. */
+#define CTX_SLOT(ctx, i) ({							\
+	__u64 __v;								\
+	asm volatile("%[v] = *(u64 *)(%[c] + %[off])"				\
+		     : [v] "=r"(__v) : [c] "r"(ctx), [off] "i"((i) * 8));	\
+	__v; })
+
+/* An fexit program's return value: the context slot after the function's
+ * nargs parameters (bpf_get_func_ret needs 5.17). nargs is a constant, so
+ * the verifier walks one case only; user space keeps the fentry
+ * alternative out where the count is none of these. */
+static __always_inline __u64 fexit_ret(unsigned long long *ctx, __u32 nargs)
+{
+	switch (nargs) {
+	case 2:
+		return CTX_SLOT(ctx, 2);
+	case 4:
+		return CTX_SLOT(ctx, 4);
+	case 6:
+		return CTX_SLOT(ctx, 6);
+	case 7:
+		return CTX_SLOT(ctx, 7);
+	}
 	return 0;
 }
 
-SEC("fexit/tcp_v6_syn_recv_sock")
-int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
-{
-	__u64 ret = 0;
-
-	bpf_get_func_ret(ctx, &ret);
-	if (!ret)
-		ack_failed(sk, skb, false, true);
-	return 0;
-}
-
-static __always_inline void ack_enter(const struct sock *sk, struct sk_buff *skb)
+/* syn_recv_sock entered for a final ACK: whether the accept queue is full
+ * now, for its exit (the kernel's check comes first thing). */
+static __always_inline void ack_enter(const struct sock *sk, struct sk_buff *skb, bool t)
 {
 	struct scratch *s = get_scratch();
 
 	if (s) {
 		s->ack_sk = (__u64)sk;
 		s->ack_skb = (__u64)skb;
-		s->ack_full = acceptq_full(sk, false);
+		s->ack_full = acceptq_full(sk, t);
 	}
 }
+
+/* Whether the queue was full when syn_recv_sock entered for sk on this
+ * CPU, and forget it. */
+static __always_inline bool ack_was_full(const struct sock *sk)
+{
+	struct scratch *s = get_scratch();
+	bool full;
+
+	if (!s || s->ack_sk != (__u64)sk)
+		return false;
+	full = s->ack_full;
+	s->ack_sk = 0;
+	return full;
+}
+
+SEC("fentry/tcp_v4_syn_recv_sock")
+int BPF_PROG(ack4_fentry, const struct sock *sk, struct sk_buff *skb)
+{
+	ack_enter(sk, skb, true);
+	return 0;
+}
+
+/* tcp_v4_syn_recv_sock returned: no child (NULL) is a final ACK dropped. */
+SEC("fexit/tcp_v4_syn_recv_sock")
+int BPF_PROG(ack4_fexit, const struct sock *sk, struct sk_buff *skb)
+{
+	__u64 child = fexit_ret(ctx, syn_recv4_nargs);
+	bool full = ack_was_full(sk);
+
+	if (!child)
+		ack_failed(sk, skb, full, true);
+	else
+		note_child(child, (__u64)sk);
+	return 0;
+}
+
+SEC("fentry/tcp_v6_syn_recv_sock")
+int BPF_PROG(ack6_fentry, const struct sock *sk, struct sk_buff *skb)
+{
+	ack_enter(sk, skb, true);
+	return 0;
+}
+
+SEC("fexit/tcp_v6_syn_recv_sock")
+int BPF_PROG(ack6_fexit, const struct sock *sk, struct sk_buff *skb)
+{
+	__u64 child = fexit_ret(ctx, syn_recv6_nargs);
+	bool full = ack_was_full(sk);
+
+	if (!child)
+		ack_failed(sk, skb, full, true);
+	else
+		note_child(child, (__u64)sk);
+	return 0;
+}
+
 
 static __always_inline void ack_exit(__u64 ret)
 {
@@ -743,12 +831,14 @@ static __always_inline void ack_exit(__u64 ret)
 	s->ack_sk = 0;
 	if (!ret)
 		ack_failed((const struct sock *)sk, (struct sk_buff *)s->ack_skb, s->ack_full, false);
+	else
+		note_child(ret, sk);
 }
 
 SEC("kprobe/tcp_v4_syn_recv_sock")
 int BPF_KPROBE(ack4_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	ack_enter(sk, skb);
+	ack_enter(sk, skb, false);
 	return 0;
 }
 
@@ -762,7 +852,7 @@ int BPF_KRETPROBE(ack4_kretprobe, void *ret)
 SEC("kprobe/tcp_v6_syn_recv_sock")
 int BPF_KPROBE(ack6_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	ack_enter(sk, skb);
+	ack_enter(sk, skb, false);
 	return 0;
 }
 
@@ -774,7 +864,8 @@ int BPF_KRETPROBE(ack6_kretprobe, void *ret)
 }
 
 /* The drop of a final ACK whose listener's accept queue was full; the
- * receiving socket is the listener. Needs the reason and rx_sk (6.12+). */
+ * receiving socket is the listener. Needs the reason (6.15+) and rx_sk
+ * (6.11+); user space counts what it cannot see as unattributed. */
 SEC("tp_btf/kfree_skb")
 int ack_kfree_tp(__u64 *ctx)
 {
@@ -882,8 +973,17 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 			count_lost(LOST_LISTENERS);
 		return 0;
 	}
-	/* A passive handshake is done: its child sits in the accept queue. */
-	const struct sock *l = find_listener(k.netns, k.port, k.family, &k.addr);
+	/* A passive handshake is done: its child sits in the accept queue.
+	 * Its listener is the one syn_recv_sock made it for, where the ack
+	 * hook saw that (fentry, kprobe), else the one at its address. */
+	struct scratch *s = get_scratch();
+	const struct sock *l;
+
+	if (s && s->child == skp) {
+		l = (const struct sock *)s->child_listener;
+		s->child = 0;
+	} else
+		l = find_listener(k.netns, k.port, k.family, &k.addr);
 	if (l && is_listener(l, true)) {
 		b.listener = (__u64)l;
 		update_peak(l, true);
@@ -921,14 +1021,25 @@ static __always_inline void accepted(__u64 listener, __u64 child)
 		count_accept(listener, d);
 }
 
+/* inet_csk_accept returned the child it took from sk's accept queue. */
 SEC("fexit/inet_csk_accept")
 int BPF_PROG(accept_fexit, struct sock *sk)
 {
-	__u64 ret = 0;
+	__u64 ret = fexit_ret(ctx, accept_nargs);
 
-	bpf_get_func_ret(ctx, &ret);
 	if (ret && netns_ok(sk_netns(sk, true)))
 		accepted((__u64)sk, ret);
+	return 0;
+}
+
+/* accept() grafts the child it took to the new socket, with bottom halves
+ * off: no softirq runs inside this probe, so it makes the kernel skip no
+ * SYN or final-ACK probe (the probes of inet_csk_accept run with them on).
+ * The listener is the one recorded when the handshake was done. */
+SEC("kprobe/security_sock_graft")
+int BPF_KPROBE(accept_graft_kprobe, struct sock *sk)
+{
+	accepted(0, (__u64)sk);
 	return 0;
 }
 
@@ -966,16 +1077,25 @@ struct sys_exit_args {
 };
 
 /* The socket of fd, a descriptor accept() just returned (so a socket, and
- * within the table): one probe read after the typed walk to the table,
- * then typed loads (6.2+) or two more probe reads. */
+ * within the table): one probe read after the typed walk to the table
+ * (three more before 5.11), then typed loads (6.2+) or two more probe
+ * reads. */
 static __always_inline struct sock *fd_sock(long fd)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct file **fds = task->files->fdt->fd;
+	struct file **fds;
 	struct file *f = NULL;
 	struct socket *sock = NULL;
 	struct sock *sk = NULL;
 
+	if (has_task_btf) {
+		struct task_struct *task = bpf_get_current_task_btf();
+
+		fds = task->files->fdt->fd;
+	} else {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+		fds = BPF_CORE_READ(task, files, fdt, fd);
+	}
 	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
 		return NULL;
 	if (bpf_rdonly_cast) {

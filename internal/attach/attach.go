@@ -134,10 +134,13 @@ type Objects struct {
 	Iters    map[string]*link.Iter // iterator links by program name, to Open() per read
 	Choices  []Choice
 
-	base  *ebpf.Collection
-	colls []*ebpf.Collection
-	links []link.Link
+	base    *ebpf.Collection
+	colls   []*ebpf.Collection
+	links   []link.Link
+	linkFor []linkOf // what each link attached
 }
+
+type linkOf struct{ prog, method string }
 
 // Choice returns the choice made for a hook.
 func (o *Objects) Choice(hook string) (Choice, bool) {
@@ -164,7 +167,7 @@ func (o *Objects) Close() error {
 	for i := len(o.links) - 1; i >= 0; i-- {
 		errs = append(errs, o.links[i].Close())
 	}
-	o.links = nil
+	o.links, o.linkFor = nil, nil
 	for _, c := range o.colls {
 		c.Close()
 	}
@@ -268,6 +271,39 @@ func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, er
 	return o, nil
 }
 
+// KprobeMissed returns, per program attached as a kprobe or kretprobe, how
+// many hits of its probe the kernel skipped: a probe hit while another
+// probe's handler runs on that CPU (an interrupt's softirq inside a probe on
+// a system call path), a return when kretprobe instances run out, or a run
+// while another BPF program of the kind runs on that CPU. ok is false where
+// the kernel does not count them (kernel.KprobeMissed, 6.7+) and some
+// program is attached so.
+func (o *Objects) KprobeMissed() (missed map[string]uint64, ok bool, err error) {
+	missed = map[string]uint64{}
+	for i, l := range o.links {
+		lf := o.linkFor[i]
+		if lf.method != "kprobe" && lf.method != "kretprobe" {
+			continue
+		}
+		if !kernel.KprobeMissed.Has() {
+			return nil, false, nil
+		}
+		info, err := l.Info()
+		if err != nil {
+			return nil, false, fmt.Errorf("link info of %s: %w", lf.prog, err)
+		}
+		if pe := info.PerfEvent(); pe != nil && pe.Kprobe() != nil {
+			missed[lf.prog] += pe.Kprobe().Missed
+		}
+		st, err := o.Programs[lf.prog].Stats()
+		if err != nil {
+			return nil, false, fmt.Errorf("stats of %s: %w", lf.prog, err)
+		}
+		missed[lf.prog] += st.RecursionMisses
+	}
+	return missed, true, nil
+}
+
 // NoAlternativeError is returned when no alternative of a hook could be used.
 type NoAlternativeError struct {
 	Hook    string
@@ -341,6 +377,9 @@ func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, alt Alternative, ca
 	}
 	o.colls = append(o.colls, coll)
 	o.links = append(o.links, links...)
+	for _, name := range alt.Programs {
+		o.linkFor = append(o.linkFor, linkOf{name, Method(s.Programs[name])})
+	}
 	for name, p := range coll.Programs {
 		o.Programs[name] = p
 	}

@@ -21,6 +21,10 @@ type TracerInfo struct {
 	// they use and a check that says whether this kernel can run them.
 	Method string
 	Check  func() error
+	// ForKernel, when set, returns the hooks as the tracer attaches them
+	// on the running kernel (an alternative given up where it lacks a
+	// feature), for doctor's plan; called only when planning.
+	ForKernel func([]Hook) []Hook
 }
 
 var registry = map[string]TracerInfo{}
@@ -53,7 +57,11 @@ func Plan(t TracerInfo, tier Tier) ([]Choice, error) {
 	if err != nil {
 		return nil, err
 	}
-	objs, err := Load(spec, t.Hooks, Options{Tier: tier})
+	hooks := t.Hooks
+	if t.ForKernel != nil {
+		hooks = t.ForKernel(hooks)
+	}
+	objs, err := Load(spec, hooks, Options{Tier: tier})
 	if err != nil {
 		return nil, err
 	}

@@ -64,11 +64,11 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 		{Key: "overflows_unattributed", Label: "unattributed", Value: s.Unattributed},
 	}
 	var lost uint64
-	for _, n := range lostNames {
+	for _, n := range lostReasons {
 		lost += s.Lost[n]
 	}
 	f.Header = append(f.Header, output.Field{Key: "lost", Value: lost})
-	for _, n := range lostNames { // the reasons, when there is something to explain
+	for _, n := range lostReasons { // the reasons, when there is something to explain
 		if s.Lost[n] > 0 {
 			f.Header = append(f.Header, output.Field{Key: "lost_" + n, Label: "lost " + n, Value: s.Lost[n]})
 		}
@@ -88,7 +88,7 @@ func (t *Tracer) Frame(now time.Time) (output.Frame, error) {
 		f.Warnings = append(f.Warnings, output.Warning{
 			Code:    "overflows_unattributed",
 			Message: fmt.Sprintf("%d listen overflows in the namespace not attributed to a socket (%s)", s.Unattributed, t.unattributedWhy()),
-			Fix:     "run with --attach=auto on a kernel with fentry or kprobes, or 6.12+ for the drop reason",
+			Fix:     "run with --attach=auto on a kernel with fentry or kprobes, or 6.15+ for the drop reason",
 		})
 	}
 	if s.Netstat["SyncookiesSent"] > 0 {
@@ -149,18 +149,24 @@ func (t *Tracer) row(l *Listener, s *Snapshot, secs float64) Row {
 	} else {
 		notes = append(notes, "accept latency not measured in this tier (--syscalls measures it)")
 	}
-	if c, ok := t.objs.Choice("ack"); ok && c.Method == "tp_btf" &&
-		(t.facts.ReasonListenOverflow == noReason || !t.facts.HasRxSk) {
-		notes = append(notes, "final-ACK overflows not attributable on this kernel (no TCP_LISTEN_OVERFLOW drop reason / rx_sk)")
+	if t.ackBlind() {
+		notes = append(notes, "final-ACK overflows not attributable in this tier on this kernel (skb:kfree_skb needs the TCP_LISTEN_OVERFLOW drop reason, 6.15+)")
 	}
 	r.Note = strings.Join(notes, "; ")
 	return r
 }
 
+// ackBlind says whether the ack hook was given up (the tracepoint tier on a
+// kernel before 6.15): final-ACK overflows are then not attributed.
+func (t *Tracer) ackBlind() bool {
+	c, ok := t.objs.Choice("ack")
+	return ok && c.Method == "none"
+}
+
 func (t *Tracer) unattributedWhy() string {
-	if c, ok := t.objs.Choice("ack"); ok && c.Method == "tp_btf" &&
-		(t.facts.ReasonListenOverflow == noReason || !t.facts.HasRxSk) {
-		return "this kernel's skb:kfree_skb has no TCP_LISTEN_OVERFLOW reason or receiving socket, so final-ACK overflows cannot be attributed"
+	if t.ackBlind() {
+		c, _ := t.objs.Choice("ack")
+		return c.GivesUp
 	}
 	return "listeners closed during the interval, or SYNs to listeners not yet in the socket table"
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/nettrace/nettrace/internal/kernel"
 )
 
 // noReason marks an skb_drop_reason value the running kernel lacks
@@ -17,15 +19,26 @@ const noReason = ^uint32(0)
 // kernelFacts are what the BPF programs need to know about the running
 // kernel, resolved from its BTF and kallsyms, never hard-coded.
 type kernelFacts struct {
-	ReasonListenOverflow uint32 // SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, or noReason
-	HasRxSk              bool   // skb:kfree_skb passes the receiving socket (6.12+)
+	ReasonListenOverflow uint32 // SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (6.15+), or noReason
+	HasRxSk              bool   // skb:kfree_skb passes the receiving socket (6.11+)
 	HasConsumeLoc        bool   // skb:consume_skb passes the caller (6.3+)
 	RcvStateStart        uint64 // tcp_rcv_state_process
 	RcvStateEnd          uint64
 	ReqskTimerFn         uint64    // reqsk_timer_handler
 	ReasonNoSocket       uint32    // SKB_DROP_REASON_NO_SOCKET, or noReason
 	Cookie4, Cookie6     [2]uint64 // cookie_v4_check, cookie_v6_check
+	// Parameters of the functions whose return value an fexit program
+	// reads (it sits in the context slot after them): for
+	// tcp_v4/v6_syn_recv_sock 6 on 5.10, 7 on 6.1 and later
+	// (opt_child_init); for inet_csk_accept 4, or 2 from 6.10 (struct
+	// proto_accept_arg); 0 when the kernel's BTF lacks the function.
+	SynRecv4Args, SynRecv6Args, AcceptArgs int
+	// HasTaskBTF: bpf_get_current_task_btf (5.11+).
+	HasTaskBTF bool
 }
+
+// fexitArgs are the parameter counts fexit_ret in bpf/listen.bpf.c knows.
+var fexitArgs = []int{2, 4, 6, 7}
 
 // constants are the const volatile globals of listen.bpf.c.
 func (k kernelFacts) constants() map[string]any {
@@ -41,6 +54,10 @@ func (k kernelFacts) constants() map[string]any {
 		"cookie4_end":            k.Cookie4[1],
 		"cookie6_start":          k.Cookie6[0],
 		"cookie6_end":            k.Cookie6[1],
+		"syn_recv4_nargs":        uint32(k.SynRecv4Args),
+		"syn_recv6_nargs":        uint32(k.SynRecv6Args),
+		"accept_nargs":           uint32(k.AcceptArgs),
+		"has_task_btf":           k.HasTaskBTF,
 	}
 }
 
@@ -50,18 +67,17 @@ func readKernelFacts() (kernelFacts, error) {
 	if err != nil {
 		return k, fmt.Errorf("load kernel BTF: %w", err)
 	}
-	var reasons *btf.Enum
-	if err := spec.TypeByName("skb_drop_reason", &reasons); err == nil {
-		for _, v := range reasons.Values {
-			switch v.Name {
-			case "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW":
-				k.ReasonListenOverflow = uint32(v.Value)
-			case "SKB_DROP_REASON_NO_SOCKET":
-				k.ReasonNoSocket = uint32(v.Value)
-			}
-		}
+	if v, err := kernel.DropReason("SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"); err == nil {
+		k.ReasonListenOverflow = v
 	}
-	k.HasRxSk = traceArgs(spec, "btf_trace_kfree_skb") >= 5
+	if v, err := kernel.DropReason("SKB_DROP_REASON_NO_SOCKET"); err == nil {
+		k.ReasonNoSocket = v
+	}
+	k.HasRxSk = kernel.KfreeSkbRxSk.Has()
+	k.SynRecv4Args = funcArgs(spec, "tcp_v4_syn_recv_sock")
+	k.SynRecv6Args = funcArgs(spec, "tcp_v6_syn_recv_sock")
+	k.AcceptArgs = funcArgs(spec, "inet_csk_accept")
+	k.HasTaskBTF = kernel.CurrentTaskBTF.Has()
 	k.HasConsumeLoc = traceArgs(spec, "btf_trace_consume_skb") >= 3
 	syms, err := kallsyms("reqsk_timer_handler", "tcp_rcv_state_process", "cookie_v4_check", "cookie_v6_check")
 	if err != nil {
@@ -85,6 +101,20 @@ func traceArgs(spec *btf.Spec, name string) int {
 		return 0
 	}
 	proto, ok := ptr.Target.(*btf.FuncProto)
+	if !ok {
+		return 0
+	}
+	return len(proto.Params)
+}
+
+// funcArgs counts the parameters of kernel function name, or 0 when the
+// kernel's BTF lacks it.
+func funcArgs(spec *btf.Spec, name string) int {
+	var fn *btf.Func
+	if err := spec.TypeByName(name, &fn); err != nil {
+		return 0
+	}
+	proto, ok := fn.Type.(*btf.FuncProto)
 	if !ok {
 		return 0
 	}

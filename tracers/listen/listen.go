@@ -27,7 +27,7 @@ var Hooks = []attach.Hook{
 	{Name: "syn", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"syn_enter_fentry", "syn_admit_fentry", "syn_exit_fentry"}},
 		{Tier: attach.Kprobe, Programs: []string{"syn_enter_kprobe", "syn_admit_kprobe", "syn_exit_kprobe"},
-			GivesUp: "about twice the cost per SYN"},
+			GivesUp: "about twice the cost per SYN; " + kprobeMisses},
 		{Tier: attach.Tracepoint, Programs: []string{"syn_consume_tp", "syn_admit_tp"},
 			GivesUp: "listeners found by port from the socket table; SYN drops classified by the queues as they are just after the decision; runs on every consumed skb and timer start"},
 	}},
@@ -36,16 +36,16 @@ var Hooks = []attach.Hook{
 	// a guess from the queues read around the kernel's lock-free check.
 	{Name: "cookie", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"cookie4_fentry", "cookie6_fentry"}},
-		{Tier: attach.Kprobe, Programs: []string{"cookie4_kprobe", "cookie6_kprobe"}},
+		{Tier: attach.Kprobe, Programs: []string{"cookie4_kprobe", "cookie6_kprobe"}, GivesUp: kprobeMisses},
 		{Tier: attach.Tracepoint,
 			GivesUp: "cookies told from overflows by the queues around the kernel's check (the tracepoint tier's syn hook does so anyway)"},
 	}},
 	{Name: "ack", Alternatives: []attach.Alternative{
-		{Tier: attach.Fentry, Programs: []string{"ack4_fexit", "ack6_fexit"}},
+		{Tier: attach.Fentry, Programs: []string{"ack4_fentry", "ack4_fexit", "ack6_fentry", "ack6_fexit"}},
 		{Tier: attach.Kprobe, Programs: []string{"ack4_kprobe", "ack4_kretprobe", "ack6_kprobe", "ack6_kretprobe"},
-			GivesUp: "about twice the cost per final ACK"},
+			GivesUp: "about twice the cost per final ACK; " + kprobeMisses},
 		{Tier: attach.Tracepoint, Programs: []string{"ack_kfree_tp"},
-			GivesUp: "needs the TCP_LISTEN_OVERFLOW drop reason and the receiving socket in skb:kfree_skb (6.12+): without them overflows at the final ACK are not attributed to a socket; other final-ACK drops seen only from cookie checks"},
+			GivesUp: "skb:kfree_skb with the TCP_LISTEN_OVERFLOW drop reason (6.15+) and the receiving socket (6.11+); other final-ACK drops seen only from cookie checks. Before 6.15 the hook is given up: final-ACK overflows are counted as overflows_unattributed"},
 	}},
 	{Name: "queue", Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"state_tp"}},
@@ -55,11 +55,18 @@ var Hooks = []attach.Hook{
 	}},
 	{Name: "accept", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"accept_fexit"}},
-		{Tier: attach.Kprobe, Programs: []string{"accept_kprobe", "accept_kretprobe"}},
+		{Tier: attach.Kprobe, Programs: []string{"accept_graft_kprobe"}},
+		{Tier: attach.Kprobe, Programs: []string{"accept_kprobe", "accept_kretprobe"},
+			GivesUp: "kprobes on inet_csk_accept (no security_sock_graft: a kernel without LSM hooks): a softirq inside their handlers makes the kernel skip the SYN and final-ACK probes it runs"},
 		{Tier: attach.Tracepoint, Programs: []string{"accept4_exit_tp", "accept_exit_tp"},
 			GivesUp: "accept latency from the return of accept4()/accept() (syscalls tracepoints, the new fd's socket through the file table): io_uring accepts not seen"},
 	}},
 }
+
+// kprobeMisses is what every kprobe alternative loses: the kernel skips a
+// probe hit while another probe's handler runs on that CPU, as when a
+// softirq processes SYNs inside the handler of accept()'s probes.
+const kprobeMisses = "a SYN or final ACK processed in a softirq that interrupts another probe's handler on that CPU is skipped by the kernel: counted as lost kprobe_missed on 6.7+, not seen before"
 
 // noAccept is the tracepoint tier's first alternative for the accept hook
 // unless Options.Syscalls: accept() is not hooked and accept latency is not
@@ -78,10 +85,33 @@ func hooks(opts Options) []attach.Hook {
 	return attach.GiveUpBefore(Hooks, "accept", attach.Tracepoint, noAccept)
 }
 
+// forKernel returns hs as the running kernel lets them work: the ack hook
+// given up in the tracepoint tier where skb:kfree_skb cannot name the
+// listener.
+func forKernel(hs []attach.Hook) []attach.Hook {
+	if alt := ackBlind(); alt != nil {
+		return attach.GiveUpBefore(hs, "ack", attach.Tracepoint, *alt)
+	}
+	return hs
+}
+
+// ackBlind returns, for a kernel whose skb:kfree_skb cannot name the
+// listener of a final ACK dropped for a full accept queue, the tracepoint
+// tier's "none" alternative for the ack hook (what it loses, and the
+// missing feature); nil where the kernel has both.
+func ackBlind() *attach.Alternative {
+	for _, f := range []*kernel.Feature{kernel.DropReasonListenOverflow, kernel.KfreeSkbRxSk} {
+		if err := f.Err(); err != nil {
+			return &attach.Alternative{GivesUp: "final-ACK overflows not attributed to a socket (counted as overflows_unattributed; the namespace's ListenOverflows has them): " + err.Error()}
+		}
+	}
+	return nil
+}
+
 func init() {
 	attach.Register(attach.TracerInfo{
 		Name: "listen", Summary: "accept-queue depth and listen drops per listening socket",
-		Spec: loadListen, Hooks: hooks(Options{}), Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
+		Spec: loadListen, Hooks: hooks(Options{}), ForKernel: forKernel, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon, kernel.CapSysAdmin},
 	})
 }
 
@@ -141,14 +171,24 @@ func New(opts Options) (_ *Tracer, err error) {
 		return nil, err
 	}
 	aopts := attach.Options{Tier: opts.Tier, Constants: consts}
-	hs := hooks(opts)
+	hs := forKernel(hooks(opts))
+	// An fexit program finds the return value after the parameters; a
+	// count fexit_ret does not know leaves that hook to kprobes.
+	if !slices.Contains(fexitArgs, facts.SynRecv4Args) || !slices.Contains(fexitArgs, facts.SynRecv6Args) {
+		spec, hs = withoutAlternative(spec, hs, "ack", attach.Fentry)
+	}
+	if !slices.Contains(fexitArgs, facts.AcceptArgs) {
+		spec, hs = withoutAlternative(spec, hs, "accept", attach.Fentry)
+	}
 	t.objs, err = attach.Load(spec, hs, aopts)
 	var na *attach.NoAlternativeError
 	if errors.As(err, &na) && na.Hook == "ack" && opts.Tier == attach.Fentry {
-		// Some kernels refuse fexit on tcp_v4/v6_syn_recv_sock (6.1:
-		// "not supported"): the ack hook then has no fentry alternative
-		// here and, like a hook without one, keeps its own order.
-		t.objs, err = attach.Load(spec, withoutAlternative(hs, "ack", attach.Fentry), aopts)
+		// x86-64 trampolines take at most 6 arguments before 6.6, and
+		// tcp_v4/v6_syn_recv_sock have 7 from 6.1 (6.1: "not
+		// supported"): the ack hook then has no fentry alternative here
+		// and, like a hook without one, keeps its own order.
+		spec, hs = withoutAlternative(spec, hs, "ack", attach.Fentry)
+		t.objs, err = attach.Load(spec, hs, aopts)
 	}
 	if err != nil {
 		return nil, err
@@ -179,15 +219,27 @@ func New(opts Options) (_ *Tracer, err error) {
 	return t, nil
 }
 
-// withoutAlternative returns hooks with hook's alternatives of tier removed.
-func withoutAlternative(hooks []attach.Hook, hook string, tier attach.Tier) []attach.Hook {
+// withoutAlternative returns hooks with hook's alternatives of tier removed,
+// and spec without their programs (attach.Load would load a program no hook
+// names as a plain program, which the kernel may refuse).
+func withoutAlternative(spec *ebpf.CollectionSpec, hooks []attach.Hook, hook string, tier attach.Tier) (*ebpf.CollectionSpec, []attach.Hook) {
+	spec = spec.Copy()
 	out := slices.Clone(hooks)
 	for i, h := range out {
-		if h.Name == hook {
-			out[i].Alternatives = slices.DeleteFunc(slices.Clone(h.Alternatives), func(a attach.Alternative) bool { return a.Tier == tier })
+		if h.Name != hook {
+			continue
 		}
+		out[i].Alternatives = slices.DeleteFunc(slices.Clone(h.Alternatives), func(a attach.Alternative) bool {
+			if a.Tier != tier {
+				return false
+			}
+			for _, p := range a.Programs {
+				delete(spec.Programs, p)
+			}
+			return true
+		})
 	}
-	return out
+	return spec, out
 }
 
 // AcceptTimed says whether the attached tier measures accept latency (it
@@ -255,7 +307,7 @@ type Snapshot struct {
 	Somaxconn     int64
 	MaxSynBacklog int64
 	Syncookies    int64
-	Lost          map[string]uint64 // per reason, since start
+	Lost          map[string]uint64 // per reason, since start (kprobe_missed only where the kernel counts it)
 }
 
 var netstatFields = []string{"ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop", "TCPReqQFullDoCookies"}
@@ -507,6 +559,14 @@ func (t *Tracer) readPeaks() (map[uint64]listenPeak, error) {
 
 var lostNames = []string{"counters_map_full", "peaks_map_full", "born_map_full", "syn_unknown_listener", "listeners_map_full", "events_lost"}
 
+// lostKprobe counts the probe hits the kernel skipped in the kprobe tier
+// (a SYN or final ACK whose softirq ran inside the handler of accept()'s
+// probes on that CPU), where it counts them (6.7+).
+const lostKprobe = "kprobe_missed"
+
+// lostReasons are the keys of Snapshot.Lost, in header order.
+var lostReasons = append(slices.Clone(lostNames), lostKprobe)
+
 func (t *Tracer) readLost() (map[string]uint64, error) {
 	out := map[string]uint64{}
 	for i, n := range lostNames {
@@ -516,6 +576,16 @@ func (t *Tracer) readLost() (map[string]uint64, error) {
 		}
 		for _, v := range perCPU {
 			out[n] += v
+		}
+	}
+	missed, ok, err := t.objs.KprobeMissed()
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		out[lostKprobe] = 0
+		for _, v := range missed {
+			out[lostKprobe] += v
 		}
 	}
 	return out, nil

@@ -61,17 +61,19 @@ type listenPeakKey struct {
 }
 
 type listenScratch struct {
-	_        structs.HostLayout
-	SynSk    uint64
-	AckSk    uint64
-	SynSkb   uint64
-	AckSkb   uint64
-	Admitted uint32
-	Full     uint32
-	SynqFull uint32
-	AckFull  uint32
-	Cookie   uint32
-	Pad      uint32
+	_             structs.HostLayout
+	SynSk         uint64
+	AckSk         uint64
+	SynSkb        uint64
+	AckSkb        uint64
+	Admitted      uint32
+	Full          uint32
+	SynqFull      uint32
+	AckFull       uint32
+	Cookie        uint32
+	Pad           uint32
+	Child         uint64
+	ChildListener uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -92,11 +94,14 @@ const (
 	listenProgAccept4ExitTp       = "accept4_exit_tp"
 	listenProgAcceptExitTp        = "accept_exit_tp"
 	listenProgAcceptFexit         = "accept_fexit"
+	listenProgAcceptGraftKprobe   = "accept_graft_kprobe"
 	listenProgAcceptKprobe        = "accept_kprobe"
 	listenProgAcceptKretprobe     = "accept_kretprobe"
+	listenProgAck4Fentry          = "ack4_fentry"
 	listenProgAck4Fexit           = "ack4_fexit"
 	listenProgAck4Kprobe          = "ack4_kprobe"
 	listenProgAck4Kretprobe       = "ack4_kretprobe"
+	listenProgAck6Fentry          = "ack6_fentry"
 	listenProgAck6Fexit           = "ack6_fexit"
 	listenProgAck6Kprobe          = "ack6_kprobe"
 	listenProgAck6Kretprobe       = "ack6_kretprobe"
@@ -115,6 +120,7 @@ const (
 	listenProgSynExitFentry       = "syn_exit_fentry"
 	listenProgSynExitKprobe       = "syn_exit_kprobe"
 	listenProgSynackTp            = "synack_tp"
+	listenVarAcceptNargs          = "accept_nargs"
 	listenVarCookie4End           = "cookie4_end"
 	listenVarCookie4Start         = "cookie4_start"
 	listenVarCookie6End           = "cookie6_end"
@@ -122,11 +128,14 @@ const (
 	listenVarEmitEvents           = "emit_events"
 	listenVarHasConsumeLoc        = "has_consume_loc"
 	listenVarHasRxSk              = "has_rx_sk"
+	listenVarHasTaskBtf           = "has_task_btf"
 	listenVarRcvStateEnd          = "rcv_state_end"
 	listenVarRcvStateStart        = "rcv_state_start"
 	listenVarReasonListenOverflow = "reason_listen_overflow"
 	listenVarReasonNoSocket       = "reason_no_socket"
 	listenVarReqskTimerFn         = "reqsk_timer_fn"
+	listenVarSynRecv4Nargs        = "syn_recv4_nargs"
+	listenVarSynRecv6Nargs        = "syn_recv6_nargs"
 	listenVarTargNetns            = "targ_netns"
 	listenVarUnusedEvent          = "unused_event"
 )
@@ -173,32 +182,35 @@ type listenSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenProgramSpecs struct {
-	Accept4ExitTp   *ebpf.ProgramSpec `ebpf:"accept4_exit_tp"`
-	AcceptExitTp    *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
-	AcceptFexit     *ebpf.ProgramSpec `ebpf:"accept_fexit"`
-	AcceptKprobe    *ebpf.ProgramSpec `ebpf:"accept_kprobe"`
-	AcceptKretprobe *ebpf.ProgramSpec `ebpf:"accept_kretprobe"`
-	Ack4Fexit       *ebpf.ProgramSpec `ebpf:"ack4_fexit"`
-	Ack4Kprobe      *ebpf.ProgramSpec `ebpf:"ack4_kprobe"`
-	Ack4Kretprobe   *ebpf.ProgramSpec `ebpf:"ack4_kretprobe"`
-	Ack6Fexit       *ebpf.ProgramSpec `ebpf:"ack6_fexit"`
-	Ack6Kprobe      *ebpf.ProgramSpec `ebpf:"ack6_kprobe"`
-	Ack6Kretprobe   *ebpf.ProgramSpec `ebpf:"ack6_kretprobe"`
-	AckKfreeTp      *ebpf.ProgramSpec `ebpf:"ack_kfree_tp"`
-	Cookie4Fentry   *ebpf.ProgramSpec `ebpf:"cookie4_fentry"`
-	Cookie4Kprobe   *ebpf.ProgramSpec `ebpf:"cookie4_kprobe"`
-	Cookie6Fentry   *ebpf.ProgramSpec `ebpf:"cookie6_fentry"`
-	Cookie6Kprobe   *ebpf.ProgramSpec `ebpf:"cookie6_kprobe"`
-	StateTp         *ebpf.ProgramSpec `ebpf:"state_tp"`
-	SynAdmitFentry  *ebpf.ProgramSpec `ebpf:"syn_admit_fentry"`
-	SynAdmitKprobe  *ebpf.ProgramSpec `ebpf:"syn_admit_kprobe"`
-	SynAdmitTp      *ebpf.ProgramSpec `ebpf:"syn_admit_tp"`
-	SynConsumeTp    *ebpf.ProgramSpec `ebpf:"syn_consume_tp"`
-	SynEnterFentry  *ebpf.ProgramSpec `ebpf:"syn_enter_fentry"`
-	SynEnterKprobe  *ebpf.ProgramSpec `ebpf:"syn_enter_kprobe"`
-	SynExitFentry   *ebpf.ProgramSpec `ebpf:"syn_exit_fentry"`
-	SynExitKprobe   *ebpf.ProgramSpec `ebpf:"syn_exit_kprobe"`
-	SynackTp        *ebpf.ProgramSpec `ebpf:"synack_tp"`
+	Accept4ExitTp     *ebpf.ProgramSpec `ebpf:"accept4_exit_tp"`
+	AcceptExitTp      *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
+	AcceptFexit       *ebpf.ProgramSpec `ebpf:"accept_fexit"`
+	AcceptGraftKprobe *ebpf.ProgramSpec `ebpf:"accept_graft_kprobe"`
+	AcceptKprobe      *ebpf.ProgramSpec `ebpf:"accept_kprobe"`
+	AcceptKretprobe   *ebpf.ProgramSpec `ebpf:"accept_kretprobe"`
+	Ack4Fentry        *ebpf.ProgramSpec `ebpf:"ack4_fentry"`
+	Ack4Fexit         *ebpf.ProgramSpec `ebpf:"ack4_fexit"`
+	Ack4Kprobe        *ebpf.ProgramSpec `ebpf:"ack4_kprobe"`
+	Ack4Kretprobe     *ebpf.ProgramSpec `ebpf:"ack4_kretprobe"`
+	Ack6Fentry        *ebpf.ProgramSpec `ebpf:"ack6_fentry"`
+	Ack6Fexit         *ebpf.ProgramSpec `ebpf:"ack6_fexit"`
+	Ack6Kprobe        *ebpf.ProgramSpec `ebpf:"ack6_kprobe"`
+	Ack6Kretprobe     *ebpf.ProgramSpec `ebpf:"ack6_kretprobe"`
+	AckKfreeTp        *ebpf.ProgramSpec `ebpf:"ack_kfree_tp"`
+	Cookie4Fentry     *ebpf.ProgramSpec `ebpf:"cookie4_fentry"`
+	Cookie4Kprobe     *ebpf.ProgramSpec `ebpf:"cookie4_kprobe"`
+	Cookie6Fentry     *ebpf.ProgramSpec `ebpf:"cookie6_fentry"`
+	Cookie6Kprobe     *ebpf.ProgramSpec `ebpf:"cookie6_kprobe"`
+	StateTp           *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SynAdmitFentry    *ebpf.ProgramSpec `ebpf:"syn_admit_fentry"`
+	SynAdmitKprobe    *ebpf.ProgramSpec `ebpf:"syn_admit_kprobe"`
+	SynAdmitTp        *ebpf.ProgramSpec `ebpf:"syn_admit_tp"`
+	SynConsumeTp      *ebpf.ProgramSpec `ebpf:"syn_consume_tp"`
+	SynEnterFentry    *ebpf.ProgramSpec `ebpf:"syn_enter_fentry"`
+	SynEnterKprobe    *ebpf.ProgramSpec `ebpf:"syn_enter_kprobe"`
+	SynExitFentry     *ebpf.ProgramSpec `ebpf:"syn_exit_fentry"`
+	SynExitKprobe     *ebpf.ProgramSpec `ebpf:"syn_exit_kprobe"`
+	SynackTp          *ebpf.ProgramSpec `ebpf:"synack_tp"`
 }
 
 // listenMapSpecs contains maps before they are loaded into the kernel.
@@ -222,6 +234,7 @@ type listenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type listenVariableSpecs struct {
+	AcceptNargs          *ebpf.VariableSpec `ebpf:"accept_nargs"`
 	Cookie4End           *ebpf.VariableSpec `ebpf:"cookie4_end"`
 	Cookie4Start         *ebpf.VariableSpec `ebpf:"cookie4_start"`
 	Cookie6End           *ebpf.VariableSpec `ebpf:"cookie6_end"`
@@ -229,11 +242,14 @@ type listenVariableSpecs struct {
 	EmitEvents           *ebpf.VariableSpec `ebpf:"emit_events"`
 	HasConsumeLoc        *ebpf.VariableSpec `ebpf:"has_consume_loc"`
 	HasRxSk              *ebpf.VariableSpec `ebpf:"has_rx_sk"`
+	HasTaskBtf           *ebpf.VariableSpec `ebpf:"has_task_btf"`
 	RcvStateEnd          *ebpf.VariableSpec `ebpf:"rcv_state_end"`
 	RcvStateStart        *ebpf.VariableSpec `ebpf:"rcv_state_start"`
 	ReasonListenOverflow *ebpf.VariableSpec `ebpf:"reason_listen_overflow"`
 	ReasonNoSocket       *ebpf.VariableSpec `ebpf:"reason_no_socket"`
 	ReqskTimerFn         *ebpf.VariableSpec `ebpf:"reqsk_timer_fn"`
+	SynRecv4Nargs        *ebpf.VariableSpec `ebpf:"syn_recv4_nargs"`
+	SynRecv6Nargs        *ebpf.VariableSpec `ebpf:"syn_recv6_nargs"`
 	TargNetns            *ebpf.VariableSpec `ebpf:"targ_netns"`
 	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
 }
@@ -291,6 +307,7 @@ func (m *listenMaps) Close() error {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenVariables struct {
+	AcceptNargs          *ebpf.Variable `ebpf:"accept_nargs"`
 	Cookie4End           *ebpf.Variable `ebpf:"cookie4_end"`
 	Cookie4Start         *ebpf.Variable `ebpf:"cookie4_start"`
 	Cookie6End           *ebpf.Variable `ebpf:"cookie6_end"`
@@ -298,11 +315,14 @@ type listenVariables struct {
 	EmitEvents           *ebpf.Variable `ebpf:"emit_events"`
 	HasConsumeLoc        *ebpf.Variable `ebpf:"has_consume_loc"`
 	HasRxSk              *ebpf.Variable `ebpf:"has_rx_sk"`
+	HasTaskBtf           *ebpf.Variable `ebpf:"has_task_btf"`
 	RcvStateEnd          *ebpf.Variable `ebpf:"rcv_state_end"`
 	RcvStateStart        *ebpf.Variable `ebpf:"rcv_state_start"`
 	ReasonListenOverflow *ebpf.Variable `ebpf:"reason_listen_overflow"`
 	ReasonNoSocket       *ebpf.Variable `ebpf:"reason_no_socket"`
 	ReqskTimerFn         *ebpf.Variable `ebpf:"reqsk_timer_fn"`
+	SynRecv4Nargs        *ebpf.Variable `ebpf:"syn_recv4_nargs"`
+	SynRecv6Nargs        *ebpf.Variable `ebpf:"syn_recv6_nargs"`
 	TargNetns            *ebpf.Variable `ebpf:"targ_netns"`
 	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
 }
@@ -311,32 +331,35 @@ type listenVariables struct {
 //
 // It can be passed to loadListenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type listenPrograms struct {
-	Accept4ExitTp   *ebpf.Program `ebpf:"accept4_exit_tp"`
-	AcceptExitTp    *ebpf.Program `ebpf:"accept_exit_tp"`
-	AcceptFexit     *ebpf.Program `ebpf:"accept_fexit"`
-	AcceptKprobe    *ebpf.Program `ebpf:"accept_kprobe"`
-	AcceptKretprobe *ebpf.Program `ebpf:"accept_kretprobe"`
-	Ack4Fexit       *ebpf.Program `ebpf:"ack4_fexit"`
-	Ack4Kprobe      *ebpf.Program `ebpf:"ack4_kprobe"`
-	Ack4Kretprobe   *ebpf.Program `ebpf:"ack4_kretprobe"`
-	Ack6Fexit       *ebpf.Program `ebpf:"ack6_fexit"`
-	Ack6Kprobe      *ebpf.Program `ebpf:"ack6_kprobe"`
-	Ack6Kretprobe   *ebpf.Program `ebpf:"ack6_kretprobe"`
-	AckKfreeTp      *ebpf.Program `ebpf:"ack_kfree_tp"`
-	Cookie4Fentry   *ebpf.Program `ebpf:"cookie4_fentry"`
-	Cookie4Kprobe   *ebpf.Program `ebpf:"cookie4_kprobe"`
-	Cookie6Fentry   *ebpf.Program `ebpf:"cookie6_fentry"`
-	Cookie6Kprobe   *ebpf.Program `ebpf:"cookie6_kprobe"`
-	StateTp         *ebpf.Program `ebpf:"state_tp"`
-	SynAdmitFentry  *ebpf.Program `ebpf:"syn_admit_fentry"`
-	SynAdmitKprobe  *ebpf.Program `ebpf:"syn_admit_kprobe"`
-	SynAdmitTp      *ebpf.Program `ebpf:"syn_admit_tp"`
-	SynConsumeTp    *ebpf.Program `ebpf:"syn_consume_tp"`
-	SynEnterFentry  *ebpf.Program `ebpf:"syn_enter_fentry"`
-	SynEnterKprobe  *ebpf.Program `ebpf:"syn_enter_kprobe"`
-	SynExitFentry   *ebpf.Program `ebpf:"syn_exit_fentry"`
-	SynExitKprobe   *ebpf.Program `ebpf:"syn_exit_kprobe"`
-	SynackTp        *ebpf.Program `ebpf:"synack_tp"`
+	Accept4ExitTp     *ebpf.Program `ebpf:"accept4_exit_tp"`
+	AcceptExitTp      *ebpf.Program `ebpf:"accept_exit_tp"`
+	AcceptFexit       *ebpf.Program `ebpf:"accept_fexit"`
+	AcceptGraftKprobe *ebpf.Program `ebpf:"accept_graft_kprobe"`
+	AcceptKprobe      *ebpf.Program `ebpf:"accept_kprobe"`
+	AcceptKretprobe   *ebpf.Program `ebpf:"accept_kretprobe"`
+	Ack4Fentry        *ebpf.Program `ebpf:"ack4_fentry"`
+	Ack4Fexit         *ebpf.Program `ebpf:"ack4_fexit"`
+	Ack4Kprobe        *ebpf.Program `ebpf:"ack4_kprobe"`
+	Ack4Kretprobe     *ebpf.Program `ebpf:"ack4_kretprobe"`
+	Ack6Fentry        *ebpf.Program `ebpf:"ack6_fentry"`
+	Ack6Fexit         *ebpf.Program `ebpf:"ack6_fexit"`
+	Ack6Kprobe        *ebpf.Program `ebpf:"ack6_kprobe"`
+	Ack6Kretprobe     *ebpf.Program `ebpf:"ack6_kretprobe"`
+	AckKfreeTp        *ebpf.Program `ebpf:"ack_kfree_tp"`
+	Cookie4Fentry     *ebpf.Program `ebpf:"cookie4_fentry"`
+	Cookie4Kprobe     *ebpf.Program `ebpf:"cookie4_kprobe"`
+	Cookie6Fentry     *ebpf.Program `ebpf:"cookie6_fentry"`
+	Cookie6Kprobe     *ebpf.Program `ebpf:"cookie6_kprobe"`
+	StateTp           *ebpf.Program `ebpf:"state_tp"`
+	SynAdmitFentry    *ebpf.Program `ebpf:"syn_admit_fentry"`
+	SynAdmitKprobe    *ebpf.Program `ebpf:"syn_admit_kprobe"`
+	SynAdmitTp        *ebpf.Program `ebpf:"syn_admit_tp"`
+	SynConsumeTp      *ebpf.Program `ebpf:"syn_consume_tp"`
+	SynEnterFentry    *ebpf.Program `ebpf:"syn_enter_fentry"`
+	SynEnterKprobe    *ebpf.Program `ebpf:"syn_enter_kprobe"`
+	SynExitFentry     *ebpf.Program `ebpf:"syn_exit_fentry"`
+	SynExitKprobe     *ebpf.Program `ebpf:"syn_exit_kprobe"`
+	SynackTp          *ebpf.Program `ebpf:"synack_tp"`
 }
 
 func (p *listenPrograms) Close() error {
@@ -344,11 +367,14 @@ func (p *listenPrograms) Close() error {
 		p.Accept4ExitTp,
 		p.AcceptExitTp,
 		p.AcceptFexit,
+		p.AcceptGraftKprobe,
 		p.AcceptKprobe,
 		p.AcceptKretprobe,
+		p.Ack4Fentry,
 		p.Ack4Fexit,
 		p.Ack4Kprobe,
 		p.Ack4Kretprobe,
+		p.Ack6Fentry,
 		p.Ack6Fexit,
 		p.Ack6Kprobe,
 		p.Ack6Kretprobe,
