@@ -29,7 +29,7 @@ struct sample_key {
 	__u32 cpu;
 	__s32 user_stack;
 	__s32 kernel_stack;
-	__u32 pad;
+	__u32 gen;             /* the process's execs since the profile began: which image ran */
 	char comm[COMM_LEN];   /* process (thread group leader) name */
 	char thread[COMM_LEN]; /* thread name */
 };
@@ -44,7 +44,7 @@ enum lost_reason {
 	LOST_SAMPLE = 0,     /* samples map full */
 	LOST_USER_STACK,     /* stack map full or hash collision */
 	LOST_KERNEL_STACK,
-	LOST_NEW_PID,        /* pid table or ring buffer full: captured late */
+	LOST_NEW_PID,        /* pid or image table or ring buffer full: captured late, or named from the image before an exec */
 	LOST_MAX,
 };
 
@@ -69,7 +69,21 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* Processes already announced to user space. */
+/* Execs of each process since the profile began (absent: none). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u32);
+} gens SEC(".maps");
+
+/* What announce sends user space: read this image's mappings now. */
+struct image {
+	__u32 pid;
+	__u32 gen;
+};
+
+/* Processes already announced to user space (in their current image). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
@@ -85,6 +99,7 @@ struct {
 /* Keep the type for bpf2go. */
 const struct sample_key *unused_sample_key __attribute__((unused));
 const struct sample_value *unused_sample_value __attribute__((unused));
+const struct image *unused_image __attribute__((unused));
 
 static __always_inline void count_lost(__u32 reason)
 {
@@ -107,10 +122,10 @@ static __always_inline bool comm_matches(const char *comm)
 	return true;
 }
 
-static __always_inline void announce(__u32 pid)
+static __always_inline void announce(__u32 pid, __u32 gen)
 {
 	__u8 one = 1;
-	__u32 *e;
+	struct image *e;
 	long err;
 
 	if (bpf_map_lookup_elem(&seen, &pid))
@@ -127,7 +142,8 @@ static __always_inline void announce(__u32 pid)
 		count_lost(LOST_NEW_PID);
 		return;
 	}
-	*e = pid;
+	e->pid = pid;
+	e->gen = gen;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -139,6 +155,7 @@ int profile_cpu(struct bpf_perf_event_data *ctx)
 	struct sample_key key = {};
 	struct sample_value *v, init = {};
 	struct task_struct *task;
+	__u32 *gen;
 
 	if (tid == 0 && !include_idle)
 		return 0;
@@ -163,8 +180,10 @@ int profile_cpu(struct bpf_perf_event_data *ctx)
 	if (key.kernel_stack < 0 && key.kernel_stack != -EFAULT)
 		count_lost(LOST_KERNEL_STACK);
 
+	gen = bpf_map_lookup_elem(&gens, &pid);
+	key.gen = gen ? *gen : 0;
 	if (pid)
-		announce(pid);
+		announce(pid, key.gen);
 
 	v = bpf_map_lookup_elem(&samples, &key);
 	if (!v) {
@@ -180,12 +199,19 @@ int profile_cpu(struct bpf_perf_event_data *ctx)
 	return 0;
 }
 
-/* A process that execs gets new mappings: forget that it was announced, so
- * its next sample announces it again and user space reads the new ones. */
+/* A process that execs gets new mappings: its next image number goes into
+ * its samples from now on, and it is no longer announced, so its next
+ * sample announces the new image and user space reads the new mappings
+ * (the old image's stay for the samples taken before). The number first,
+ * then the announcement: a sample in between carries the new number and is
+ * announced by the next one. */
 static __always_inline int on_exec(void)
 {
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *gen = bpf_map_lookup_elem(&gens, &pid), next = gen ? *gen + 1 : 1;
 
+	if (bpf_map_update_elem(&gens, &pid, &next, BPF_ANY))
+		count_lost(LOST_NEW_PID);
 	bpf_map_delete_elem(&seen, &pid);
 	return 0;
 }

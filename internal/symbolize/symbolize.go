@@ -14,10 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Symbolizer names kernel and user addresses. Call Capture for a process as
-// early as possible (at its first sample): it reads the process's mappings
-// and symbol tables then, so a process that exits later is still named.
-// It is safe for concurrent use.
+// Symbolizer names kernel and user addresses. Call Capture for a process
+// image as early as possible (at its first sample): it reads the process's
+// mappings and symbol tables then, so a process that exits later is still
+// named. It is safe for concurrent use.
 type Symbolizer struct {
 	// Proc is the proc file system root ("/proc").
 	Proc string
@@ -26,12 +26,21 @@ type Symbolizer struct {
 	kernel    *Kernel
 	kernelErr error
 	kernelOK  bool
-	procs     map[int]*process
+	procs     map[Image]*process
 	byInode   map[fileKey]*Binary
 	byBuildID map[string]*Binary
 }
 
 type fileKey struct{ dev, ino uint64 }
+
+// Image is one program a process ran: its PID and how many times it had
+// exec'd since the profiler began watching. Each image has its own
+// mappings, so addresses sampled before an exec are named from the
+// mappings of the program that ran then.
+type Image struct {
+	PID int
+	Gen uint32
+}
 
 type mapping struct {
 	start, end, off uint64
@@ -48,7 +57,7 @@ type process struct {
 
 // New returns a Symbolizer reading /proc.
 func New() *Symbolizer {
-	return &Symbolizer{Proc: "/proc", procs: map[int]*process{},
+	return &Symbolizer{Proc: "/proc", procs: map[Image]*process{},
 		byInode: map[fileKey]*Binary{}, byBuildID: map[string]*Binary{}}
 }
 
@@ -86,20 +95,22 @@ func (s *Symbolizer) Kernel(addrs []uint64) []Frame {
 	return out
 }
 
-// Capture reads a process's mappings and the symbol tables of its mapped
-// files now. Capturing again is a no-op; a failed capture is remembered.
-func (s *Symbolizer) Capture(pid int) error {
+// Capture reads an image's mappings (the process's, now) and the symbol
+// tables of its mapped files. Capturing again is a no-op; a failed capture
+// is remembered.
+func (s *Symbolizer) Capture(img Image) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.captureLocked(pid).err
+	return s.captureLocked(img).err
 }
 
-func (s *Symbolizer) captureLocked(pid int) *process {
-	if p, ok := s.procs[pid]; ok {
+func (s *Symbolizer) captureLocked(img Image) *process {
+	if p, ok := s.procs[img]; ok {
 		return p
 	}
+	pid := img.PID
 	p := &process{cache: map[uint64]Frame{}}
-	s.procs[pid] = p
+	s.procs[img] = p
 	dir := s.Proc + "/" + strconv.Itoa(pid)
 	data, err := os.ReadFile(dir + "/maps")
 	if err != nil {
@@ -177,12 +188,12 @@ func (s *Symbolizer) openLocked(dir string, m *mapping) *Binary {
 	return nil
 }
 
-// User names a process's user stack addresses, leaf first. A process that
+// User names an image's user stack addresses, leaf first. An image that
 // was not captured is captured now.
-func (s *Symbolizer) User(pid int, addrs []uint64) []Frame {
+func (s *Symbolizer) User(img Image, addrs []uint64) []Frame {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.captureLocked(pid)
+	p := s.captureLocked(img)
 	out := make([]Frame, len(addrs))
 	for i, a := range addrs {
 		la := a
@@ -235,10 +246,53 @@ func (p *process) lookup(addr uint64) Frame {
 	return fr
 }
 
-// Forget drops a process's mappings (its files stay cached).
-func (s *Symbolizer) Forget(pid int) {
+// Recapture reads the process's mappings again and adds to the image those
+// that do not overlap one it has: what the dynamic loader mapped after the
+// image was captured (an image is often captured at its first sample, while
+// ld.so is still loading the libraries). Call it only while the process
+// still runs that image. An image not captured yet is captured.
+func (s *Symbolizer) Recapture(img Image) error {
 	s.mu.Lock()
-	delete(s.procs, pid)
+	defer s.mu.Unlock()
+	p, ok := s.procs[img]
+	if !ok || p.err != nil {
+		delete(s.procs, img)
+		return s.captureLocked(img).err
+	}
+	dir := s.Proc + "/" + strconv.Itoa(img.PID)
+	data, err := os.ReadFile(dir + "/maps")
+	if err != nil {
+		return fmt.Errorf("read maps of process %d: %w", img.PID, err)
+	}
+	added := false
+	for _, m := range parseMaps(data) {
+		overlaps := false
+		for _, old := range p.maps {
+			if m.start < old.end && old.start < m.end {
+				overlaps = true
+				break
+			}
+		}
+		if overlaps {
+			continue
+		}
+		if strings.HasPrefix(m.path, "/") {
+			m.bin = s.openLocked(dir, &m)
+		}
+		p.maps = append(p.maps, m)
+		added = true
+	}
+	if added {
+		sort.Slice(p.maps, func(i, j int) bool { return p.maps[i].start < p.maps[j].start })
+		clear(p.cache)
+	}
+	return nil
+}
+
+// Forget drops an image's mappings (its files stay cached).
+func (s *Symbolizer) Forget(img Image) {
+	s.mu.Lock()
+	delete(s.procs, img)
 	s.mu.Unlock()
 }
 

@@ -81,7 +81,7 @@ func TestPerfMap(t *testing.T) {
 func TestSelf(t *testing.T) {
 	s := New()
 	pc := funcPC()
-	frames := s.User(os.Getpid(), []uint64{pc})
+	frames := s.User(Image{PID: os.Getpid()}, []uint64{pc})
 	if !strings.HasSuffix(frames[0].Func, "symbolize.funcPC") {
 		t.Fatalf("own address %#x named %+v", pc, frames[0])
 	}
@@ -89,7 +89,7 @@ func TestSelf(t *testing.T) {
 		t.Errorf("no line from .gopclntab: %+v", frames[0])
 	}
 	// An address in no mapping is named, not dropped.
-	if f := s.User(os.Getpid(), []uint64{0x10}); f[0].Name() != "[unknown]+0x10" {
+	if f := s.User(Image{PID: os.Getpid()}, []uint64{0x10}); f[0].Name() != "[unknown]+0x10" {
 		t.Errorf("unmapped address named %q", f[0].Name())
 	}
 }
@@ -168,8 +168,8 @@ func BenchmarkSymbolize(b *testing.B) {
 		b.Skip("no kernel symbols")
 	}
 	pid := os.Getpid()
-	s.Capture(pid)
-	p := s.procs[pid]
+	s.Capture(Image{PID: pid})
+	p := s.procs[Image{PID: pid}]
 	var text mapping
 	for _, m := range p.maps {
 		if m.bin != nil && m.end-m.start > 1<<20 {
@@ -184,13 +184,13 @@ func BenchmarkSymbolize(b *testing.B) {
 	const n = 1_000_000
 	b.ReportMetric(n, "samples/op")
 	for b.Loop() {
-		s.Forget(pid)
-		s.Capture(pid)
+		s.Forget(Image{PID: pid})
+		s.Capture(Image{PID: pid})
 		x := uint64(1)
 		for i := 0; i < n; i++ {
 			x = x*6364136223846793005 + 1442695040888963407
 			slot := (x >> 33) % 20000
-			s.User(pid, []uint64{text.start + slot*((text.end-text.start)/20000)})
+			s.User(Image{PID: pid}, []uint64{text.start + slot*((text.end-text.start)/20000)})
 			s.Kernel([]uint64{k.addrs[int(slot)*len(k.addrs)/20000] + 4})
 		}
 	}

@@ -48,8 +48,8 @@ func (t *Tracer) recapture(pid int) {
 		if _, err := os.Stat("/proc/" + strconv.Itoa(pid) + "/maps"); err != nil {
 			return
 		}
-		t.sym.Forget(pid)
-		_ = t.sym.Capture(pid)
+		t.sym.Forget(symbolize.Image{PID: pid})
+		_ = t.sym.Capture(symbolize.Image{PID: pid})
 	})
 }
 
@@ -93,7 +93,7 @@ func (t *Tracer) offCPUProfile() (*Profile, error) {
 		if s.Comm = names[key.Tgid]; s.Comm == "" {
 			s.Comm = s.Thread
 		}
-		t.symbolizeStacks(&s, readStack, key.Ustack, key.Kstack)
+		t.symbolizeStacks(&s, 0, readStack, key.Ustack, key.Kstack)
 		p.Samples = append(p.Samples, s)
 	}
 	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {

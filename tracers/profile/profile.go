@@ -4,6 +4,7 @@
 package profile
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -68,6 +69,8 @@ type Options struct {
 type Tracer struct {
 	objs    *attach.Objects
 	sym     *symbolize.Symbolizer
+	mu      sync.Mutex
+	images  map[int]uint32 // PID -> its latest image announced (on-CPU)
 	links   []link.Link
 	fds     []int
 	rd      *ringbuf.Reader
@@ -165,17 +168,51 @@ func (t *Tracer) capture() {
 		if err != nil {
 			return
 		}
-		if len(rec.RawSample) >= 4 {
-			// A process announced again has exec'd (or its PID was reused):
-			// its mappings changed.
-			pid := int(*(*uint32)(unsafe.Pointer(&rec.RawSample[0])))
-			t.sym.Forget(pid)
-			_ = t.sym.Capture(pid)
-			if t.offcpu {
-				t.recapture(pid)
-			}
+		if len(rec.RawSample) < 4 {
+			continue
 		}
+		pid := int(binary.NativeEndian.Uint32(rec.RawSample))
+		if t.offcpu {
+			// Off-CPU announcements carry the PID alone: one image per
+			// process, read again a little later.
+			t.sym.Forget(symbolize.Image{PID: pid})
+			_ = t.sym.Capture(symbolize.Image{PID: pid})
+			t.recapture(pid)
+			continue
+		}
+		// struct image: a process announced again has exec'd (or its PID
+		// was reused): its new image's mappings are read now; the old
+		// image's stay for the samples taken before.
+		var img profileImage
+		if len(rec.RawSample) < int(unsafe.Sizeof(img)) {
+			continue
+		}
+		img.Pid, img.Gen = uint32(pid), binary.NativeEndian.Uint32(rec.RawSample[4:])
+		t.announced(symbolize.Image{PID: int(img.Pid), Gen: img.Gen})
 	}
+}
+
+// announced reads a new image's mappings now, and again a little later
+// for what its dynamic loader maps after the first sample, unless the
+// process has exec'd again (or exited) by then.
+func (t *Tracer) announced(img symbolize.Image) {
+	t.mu.Lock()
+	if t.images == nil {
+		t.images = map[int]uint32{}
+	}
+	t.images[img.PID] = img.Gen
+	t.mu.Unlock()
+	_ = t.sym.Capture(img)
+	t.wg.Add(1)
+	time.AfterFunc(recaptureDelay, func() {
+		defer t.wg.Done()
+		t.mu.Lock()
+		current := t.images[img.PID] == img.Gen
+		t.mu.Unlock()
+		if current {
+			_ = t.sym.Recapture(img)
+		}
+	})
 }
 
 func (t *Tracer) attachCPU(cpu int) error {

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type profileImage struct {
+	_   structs.HostLayout
+	Pid uint32
+	Gen uint32
+}
+
 type profileSampleKey struct {
 	_           structs.HostLayout
 	Pid         uint32
@@ -20,7 +26,7 @@ type profileSampleKey struct {
 	Cpu         uint32
 	UserStack   int32
 	KernelStack int32
-	Pad         uint32
+	Gen         uint32
 	Comm        [16]int8
 	Thread      [16]int8
 }
@@ -35,6 +41,7 @@ type profileSampleValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	profileMapGens              = "gens"
 	profileMapLost              = "lost"
 	profileMapNewPids           = "new_pids"
 	profileMapSamples           = "samples"
@@ -48,6 +55,7 @@ const (
 	profileVarTargCgroup        = "targ_cgroup"
 	profileVarTargComm          = "targ_comm"
 	profileVarTargTgid          = "targ_tgid"
+	profileVarUnusedImage       = "unused_image"
 	profileVarUnusedSampleKey   = "unused_sample_key"
 	profileVarUnusedSampleValue = "unused_sample_value"
 )
@@ -103,6 +111,7 @@ type profileProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type profileMapSpecs struct {
+	Gens    *ebpf.MapSpec `ebpf:"gens"`
 	Lost    *ebpf.MapSpec `ebpf:"lost"`
 	NewPids *ebpf.MapSpec `ebpf:"new_pids"`
 	Samples *ebpf.MapSpec `ebpf:"samples"`
@@ -119,6 +128,7 @@ type profileVariableSpecs struct {
 	TargCgroup        *ebpf.VariableSpec `ebpf:"targ_cgroup"`
 	TargComm          *ebpf.VariableSpec `ebpf:"targ_comm"`
 	TargTgid          *ebpf.VariableSpec `ebpf:"targ_tgid"`
+	UnusedImage       *ebpf.VariableSpec `ebpf:"unused_image"`
 	UnusedSampleKey   *ebpf.VariableSpec `ebpf:"unused_sample_key"`
 	UnusedSampleValue *ebpf.VariableSpec `ebpf:"unused_sample_value"`
 }
@@ -143,6 +153,7 @@ func (o *profileObjects) Close() error {
 //
 // It can be passed to loadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type profileMaps struct {
+	Gens    *ebpf.Map `ebpf:"gens"`
 	Lost    *ebpf.Map `ebpf:"lost"`
 	NewPids *ebpf.Map `ebpf:"new_pids"`
 	Samples *ebpf.Map `ebpf:"samples"`
@@ -152,6 +163,7 @@ type profileMaps struct {
 
 func (m *profileMaps) Close() error {
 	return _ProfileClose(
+		m.Gens,
 		m.Lost,
 		m.NewPids,
 		m.Samples,
@@ -169,6 +181,7 @@ type profileVariables struct {
 	TargCgroup        *ebpf.Variable `ebpf:"targ_cgroup"`
 	TargComm          *ebpf.Variable `ebpf:"targ_comm"`
 	TargTgid          *ebpf.Variable `ebpf:"targ_tgid"`
+	UnusedImage       *ebpf.Variable `ebpf:"unused_image"`
 	UnusedSampleKey   *ebpf.Variable `ebpf:"unused_sample_key"`
 	UnusedSampleValue *ebpf.Variable `ebpf:"unused_sample_value"`
 }

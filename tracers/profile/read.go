@@ -83,7 +83,7 @@ func (t *Tracer) Profile() (*Profile, error) {
 	for it.Next(&key, &val) {
 		s := Sample{PID: int(key.Pid), TID: int(key.Tid), CPU: int(key.Cpu),
 			Comm: cString(key.Comm[:]), Thread: cString(key.Thread[:]), Count: val.Count, Nanos: val.PeriodNs}
-		t.symbolizeStacks(&s, readStack, key.UserStack, key.KernelStack)
+		t.symbolizeStacks(&s, key.Gen, readStack, key.UserStack, key.KernelStack)
 		p.Samples = append(p.Samples, s)
 	}
 	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
@@ -133,12 +133,12 @@ func cString(b []int8) string {
 
 // symbolizeStacks reads a sample's user and kernel stacks by their ids and
 // names their frames, noting a stack that was lost.
-func (t *Tracer) symbolizeStacks(s *Sample, readStack func(int32) ([]uint64, bool), ustackID, kstackID int32) {
+func (t *Tracer) symbolizeStacks(s *Sample, gen uint32, readStack func(int32) ([]uint64, bool), ustackID, kstackID int32) {
 	var ustack, kstack []uint64
 	ustack, s.UserLost = readStack(ustackID)
 	kstack, s.KernelLost = readStack(kstackID)
 	if len(ustack) > 0 {
-		s.User = t.sym.User(s.PID, ustack)
+		s.User = t.sym.User(symbolize.Image{PID: s.PID, Gen: gen}, ustack)
 	}
 	if len(kstack) > 0 {
 		s.Kernel = t.sym.Kernel(kstack)
