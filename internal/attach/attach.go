@@ -138,10 +138,11 @@ type Objects struct {
 	Iters    map[string]*link.Iter // iterator links by program name, to Open() per read
 	Choices  []Choice
 
-	base    *ebpf.Collection
-	colls   []*ebpf.Collection
-	links   []link.Link
-	linkFor []linkOf // what each link attached
+	base      *ebpf.Collection
+	colls     []*ebpf.Collection
+	links     []link.Link
+	linkFor   []linkOf               // what each link attached
+	hookLinks map[string][]link.Link // the links of each hook's choice
 }
 
 type linkOf struct{ prog, method string }
@@ -163,6 +164,22 @@ func (o *Objects) Tiers() map[string]string {
 		m[c.Hook] = c.Method
 	}
 	return m
+}
+
+// Detach detaches the programs of hook's chosen alternative and keeps them
+// loaded, for a tracer that attaches them itself only while it needs them
+// (the socket table's sock_diag kprobes).
+func (o *Objects) Detach(hook string) error {
+	var errs []error
+	for _, l := range o.hookLinks[hook] {
+		errs = append(errs, l.Close())
+		if i := slices.Index(o.links, l); i >= 0 {
+			o.links = slices.Delete(o.links, i, i+1)
+			o.linkFor = slices.Delete(o.linkFor, i, i+1)
+		}
+	}
+	delete(o.hookLinks, hook)
+	return errors.Join(errs...)
 }
 
 // Close detaches every link and closes every map and program.
@@ -282,7 +299,7 @@ func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, er
 				continue
 			}
 			method := altMethod(spec, alt)
-			if err := o.loadAlternative(spec, alt, copts); err != nil {
+			if err := o.loadAlternative(spec, h.Name, alt, copts); err != nil {
 				c.Refused = append(c.Refused, Refusal{Tier: alt.Tier, Method: method, Err: err, Reason: kernel.Explain(method, err)})
 				continue
 			}
@@ -381,7 +398,7 @@ func needsKernelBTF(ps *ebpf.ProgramSpec) error {
 	return nil
 }
 
-func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, alt Alternative, copts ebpf.CollectionOptions) error {
+func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, hook string, alt Alternative, copts ebpf.CollectionOptions) error {
 	s := spec.Copy()
 	want := map[string]bool{}
 	for _, p := range alt.Programs {
@@ -426,6 +443,10 @@ func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, alt Alternative, co
 	for _, name := range alt.Programs {
 		o.linkFor = append(o.linkFor, linkOf{name, Method(s.Programs[name])})
 	}
+	if o.hookLinks == nil {
+		o.hookLinks = map[string][]link.Link{}
+	}
+	o.hookLinks[hook] = links
 	for name, p := range coll.Programs {
 		o.Programs[name] = p
 	}
