@@ -902,16 +902,30 @@ int ack_kfree_tp(__u64 *ctx)
 
 /* ---- SYN-ACK retransmits (every tier) ---- */
 
-SEC("tp_btf/tcp_retransmit_synack")
-int BPF_PROG(synack_tp, const struct sock *sk, const struct request_sock *req)
+/* t: sk is a tp_btf argument (typed loads); else probe reads. */
+static __always_inline void on_synack(const struct sock *sk, bool t)
 {
 	struct counters *c;
 
-	if (!netns_ok(sk_netns(sk, true)))
-		return 0;
+	if (!netns_ok(sk_netns(sk, t)))
+		return;
 	c = counters_of((__u64)sk);
 	if (c)
 		c->synack_retrans++;
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(synack_tp, const struct sock *sk, const struct request_sock *req)
+{
+	on_synack(sk, true);
+	return 0;
+}
+
+/* The same where the kernel has no BTF of its own for tp_btf. */
+SEC("raw_tp/tcp_retransmit_synack")
+int BPF_PROG(synack_raw_tp, const struct sock *sk, const struct request_sock *req)
+{
+	on_synack(sk, false);
 	return 0;
 }
 
@@ -927,9 +941,20 @@ static __always_inline void count_accept(__u64 listener, __u64 us)
 
 /* ---- state changes (every tier): listeners, handshakes done, closes ---- */
 
-/* sk is a tp_btf argument: plain loads, no probe-read calls. */
-static __always_inline void sk_lkey(const struct sock *sk, struct lkey *k)
+/* t: sk is a tp_btf argument, plain loads with no probe-read calls; else
+ * probe reads. */
+static __always_inline void sk_lkey(const struct sock *sk, struct lkey *k, bool t)
 {
+	if (!t) {
+		k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		k->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		k->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		if (k->family == AF_INET)
+			k->addr.v4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		else
+			BPF_CORE_READ_INTO(&k->addr.v6, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		return;
+	}
 	k->netns = sk->__sk_common.skc_net.net->ns.inum;
 	k->port = sk->__sk_common.skc_num;
 	k->family = sk->__sk_common.skc_family;
@@ -939,8 +964,7 @@ static __always_inline void sk_lkey(const struct sock *sk, struct lkey *k)
 		__builtin_memcpy(&k->addr.v6, &sk->__sk_common.skc_v6_rcv_saddr, sizeof(k->addr.v6));
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_set_state(const struct sock *sk, int oldstate, int newstate, bool t)
 {
 	__u32 zero = 0, *off = bpf_map_lookup_elem(&accept_off, &zero);
 	bool timed = !(off && *off);
@@ -952,7 +976,7 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 	 * look before deleting (a lookup takes no bucket lock). */
 	if (newstate == TCP_CLOSE) {
 		if (oldstate == TCP_LISTEN) {
-			sk_lkey(sk, &k);
+			sk_lkey(sk, &k, t);
 			__u64 *v = bpf_map_lookup_elem(&listeners, &k);
 			if (v && *v == skp)
 				bpf_map_delete_elem(&listeners, &k);
@@ -963,9 +987,9 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 	}
 	if (newstate != TCP_LISTEN && (oldstate != TCP_SYN_RECV || newstate != TCP_ESTABLISHED))
 		return 0;
-	if (sk->sk_protocol != IPPROTO_TCP)
+	if ((t ? sk->sk_protocol : BPF_CORE_READ(sk, sk_protocol)) != IPPROTO_TCP)
 		return 0;
-	sk_lkey(sk, &k);
+	sk_lkey(sk, &k, t);
 	if (!netns_ok(k.netns))
 		return 0;
 	if (newstate == TCP_LISTEN) {
@@ -984,16 +1008,16 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 		s->child = 0;
 	} else
 		l = find_listener(k.netns, k.port, k.family, &k.addr);
-	if (l && is_listener(l, true)) {
+	if (l && is_listener(l, t)) {
 		b.listener = (__u64)l;
-		update_peak(l, true);
+		update_peak(l, t);
 	}
 	if (!timed)
 		return 0;
 	b.ts = bpf_ktime_get_ns();
 	/* The child is queued before this state change: an accept() on
 	 * another CPU can take (and graft) it first. That accept waited 0. */
-	if (sk->sk_socket) {
+	if (t ? sk->sk_socket : BPF_CORE_READ(sk, sk_socket)) {
 		if (b.listener)
 			count_accept(b.listener, 0);
 		return 0;
@@ -1001,6 +1025,19 @@ int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
 	if (bpf_map_update_elem(&born, &skp, &b, BPF_ANY))
 		count_lost(LOST_BORN);
 	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(state_tp, const struct sock *sk, int oldstate, int newstate)
+{
+	return on_set_state(sk, oldstate, newstate, true);
+}
+
+/* The same where the kernel has no BTF of its own for tp_btf. */
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(state_raw_tp, const struct sock *sk, int oldstate, int newstate)
+{
+	return on_set_state(sk, oldstate, newstate, false);
 }
 
 /* ---- accept() ---- */

@@ -135,3 +135,69 @@ out:
 	bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
 }
+
+/* ---- sock_diag fallback: kernels without BTF of their own ---- */
+
+/* Without iter/tcp, user space reads the sockets from sock_diag netlink,
+ * which gives each socket's cookie but not its kernel address. The dump
+ * saves every socket's cookie into its message with sock_diag_save_cookie
+ * (user space aims these kprobes at __sock_gen_cookie or sock_gen_cookie
+ * where that is inlined), making it first if the socket had none: these
+ * kprobes, attached while user space dumps the listeners to learn the
+ * addresses of new ones, record cookie -> address for the reading thread
+ * alone. */
+
+/* The reading thread's id; 0 when no read is under way. */
+volatile __u32 diag_tid SEC(".data.diag") = 0;
+
+/* The socket whose cookie is being made now, until the return. */
+__u64 diag_sk = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, __u64);   /* socket cookie */
+	__type(value, __u64); /* kernel address */
+} diag_addrs SEC(".maps");
+
+static __always_inline bool diag_reader(void)
+{
+	__u32 tid = diag_tid;
+
+	return tid && (__u32)bpf_get_current_pid_tgid() == tid;
+}
+
+static __always_inline bool diag_record(__u64 skp)
+{
+	__u64 cookie = BPF_CORE_READ((struct sock *)skp, __sk_common.skc_cookie.counter);
+
+	if (!cookie)
+		return false;
+	bpf_map_update_elem(&diag_addrs, &cookie, &skp, BPF_ANY);
+	return true;
+}
+
+/* Entry: a socket that has its cookie already is recorded now. */
+SEC("kprobe/sock_diag_save_cookie")
+int BPF_KPROBE(diag_cookie, struct sock *sk)
+{
+	if (diag_reader() && !diag_record((__u64)sk))
+		diag_sk = (__u64)sk;
+	return 0;
+}
+
+/* Return: the cookie the call made, read from the socket (a call nested in
+ * an interrupt on this thread may have taken diag_sk: that socket is then
+ * missed, never paired with another's cookie). */
+SEC("kretprobe/sock_diag_save_cookie")
+int BPF_KRETPROBE(diag_cookie_ret)
+{
+	__u64 skp = diag_sk;
+
+	if (!skp || !diag_reader())
+		return 0;
+	diag_sk = 0;
+	diag_record(skp);
+	return 0;
+}

@@ -22,6 +22,15 @@
 #   VMTEST_QUIET=1  print the -test.v output of failed packages only
 #   VMTEST_MODDIR   module to build the packages from
 #   VMTEST_KEEP=1   keep the work directory after a successful run
+#   VMTEST_NOBTF    file of "PKG TEST-REGEXP" lines (default
+#                   scripts/vmtest/nobtf.list; "" for none) for a second
+#                   pass in every kernel after the first: the kernel's BTF
+#                   copied to /tmp/vmlinux.btf and hidden (an empty tmpfs
+#                   over /sys/kernel/btf), NETTRACE_BTF=/tmp/vmlinux.btf,
+#                   NETTRACE_EXPECT_TIER=kprobe, NETTRACE_VMTEST_NOBTF=1;
+#                   results read "[K nobtf]". Only packages named on the
+#                   command line (or by default) run in it.
+#   VMTEST_PASSES   "normal nobtf" (default), or one of them
 #   CI and NETTRACE_* are passed to the tests; NETTRACE_VMTEST=1,
 #   NETTRACE_BIN, NETTRACE_TESTDATA_BIN (the static C test programs),
 #   NETTRACE_VMTEST_KERNEL (the line booted) and NETTRACE_EXPECT_TIER (from
@@ -120,6 +129,34 @@ deb_fetch() {
 	return 1
 }
 
+# kernel_modules LINE prints a directory holding the kernel's inet_diag and
+# tcp_diag modules, uncompressed, in the order to load them: sock_diag
+# netlink for TCP, which a full system loads on demand (the initramfs has no
+# modprobe tree). Used by the socket table without iter/tcp.
+kernel_modules() {
+	local line=$1 suite re deb out tmp m
+	suite=$(suite_of "$line") || return 1
+	re="^linux-image-${line//./\\.}\\.[0-9]+(-[0-9]+|\\+deb[0-9]+)-cloud-$arch-unsigned\$"
+	deb=$(deb_fetch "$suite" "$arch" "$re") || return 1
+	out=${deb%.deb}.modules
+	if [ ! -s "$out/2-tcp_diag.ko" ]; then
+		tmp=$(mktemp -d "$cache/x.XXXXXX")
+		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards '*/kernel/net/ipv4/inet_diag.ko*' '*/kernel/net/ipv4/tcp_diag.ko*'
+		mkdir -p "$out"
+		for m in inet_diag:1 tcp_diag:2; do
+			f=$(find "$tmp" -name "${m%:*}.ko*" | head -n1)
+			[ -n "$f" ] || { rm -rf "$tmp"; log "no ${m%:*} module in $deb"; return 1; }
+			case $f in
+			*.xz) xz -dc "$f" >"$out/${m#*:}-${m%:*}.ko" ;;
+			*.zst) zstd -dc "$f" >"$out/${m#*:}-${m%:*}.ko" ;;
+			*) cp "$f" "$out/${m#*:}-${m%:*}.ko" ;;
+			esac
+		done
+		rm -rf "$tmp"
+	fi
+	echo "$out"
+}
+
 # kernel_image LINE prints the path of the cached kernel image of Debian's
 # newest cloud kernel of that line (e.g. 6.1 -> linux-image-6.1.0-57-cloud-amd64-unsigned).
 kernel_image() {
@@ -143,14 +180,16 @@ if [ -n "${VMTEST_KERNEL:-}" ]; then
 else
 	read -ra kernels <<<"${VMTEST_KERNELS:-$default_kernels}"
 fi
-declare -A image
+declare -A image modules
 for k in "${kernels[@]}"; do
 	if [ "$k" = custom ]; then
 		image[$k]=$VMTEST_KERNEL
 	else
 		image[$k]=$(kernel_image "$k") || die "no Debian $k kernel to boot"
+		modules[$k]=$(kernel_modules "$k") || log "$k: no sock_diag modules: the socket table's sock_diag tests fail"
 	fi
 done
+passes=${VMTEST_PASSES:-normal nobtf}
 
 # busybox: the host's for amd64, Debian's static arm64 build otherwise.
 busybox=${VMTEST_BUSYBOX:-}
@@ -204,6 +243,25 @@ while read -r imp dir tests; do
 	echo "$name" >>"$root/vmtest/tests"
 done < <("$GO" list -f '{{.ImportPath}} {{.Dir}} {{if or .TestGoFiles .XTestGoFiles}}1{{else}}0{{end}}' "$@")
 [ ${#pkgs[@]} -gt 0 ] || die "no packages with tests in $*"
+case " $passes " in *" normal "*) ;; *) : >"$root/vmtest/tests" ;; esac
+
+# The second pass: each listed package's tests without the kernel's BTF.
+nobtf_list=${VMTEST_NOBTF-$here/vmtest/nobtf.list}
+nobtf_names=() nobtf_pkgs=()
+if [ -n "$nobtf_list" ] && [[ " $passes " = *" nobtf "* ]]; then
+	[ -f "$nobtf_list" ] || die "VMTEST_NOBTF=$nobtf_list: no such file"
+	while read -r p re; do
+		case "$p" in '' | '#'*) continue ;; esac
+		p=${p#./}
+		for i in "${!pkgs[@]}"; do
+			if [ "${pkgs[$i]}" = "$mod/$p" ] || { [ "$p" = . ] && [ "${pkgs[$i]}" = "$mod" ]; }; then
+				echo "${names[$i]} $re" >>"$root/vmtest/nobtf"
+				nobtf_names+=("${names[$i]}")
+				nobtf_pkgs+=("${pkgs[$i]}")
+			fi
+		done
+	done <"$nobtf_list"
+fi
 bin=
 if [ -d cmd/nettrace ]; then
 	CGO_ENABLED=0 GOARCH=$goarch "$GO" build -o "$root/bin/nettrace" ./cmd/nettrace
@@ -282,6 +340,10 @@ boot() {
 		echo "export NETTRACE_VMTEST_KERNEL=$(q "$k")"
 		echo "export NETTRACE_EXPECT_TIER=$(q "${VMTEST_EXPECT_TIER-$(expect_tier "$k")}")"
 	} >"$kw/extra/vmtest/env"
+	if [ -n "${modules[$k]:-}" ]; then
+		mkdir -p "$kw/extra/vmtest/modules"
+		cp "${modules[$k]}"/*.ko "$kw/extra/vmtest/modules/"
+	fi
 	{
 		(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet)
 		(cd "$kw/extra" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet)
@@ -319,6 +381,7 @@ report() {
 	local console=$kw/console.log
 	booted=$(grep -o '@@VMTEST BOOTED.*' "$console" || true)
 	for i in "${!pkgs[@]}"; do
+		[[ " $passes " = *" normal "* ]] || break
 		name=${names[$i]}
 		if [ -f "$kw/out/$name.rc" ]; then
 			read -r rc secs <"$kw/out/$name.rc"
@@ -351,6 +414,26 @@ report() {
 		done=$(grep -o '@@VMTEST DONE uptime=[0-9.]*' "$console" || true)
 		log "kernel ${kver%% *} [$k]: userspace after ${booted##*uptime=}s, tests done after ${done#*=}s (guest clock), VM $(cat "$kw/secs")s wall"
 	fi
+	for i in "${!nobtf_names[@]}"; do
+		name=${nobtf_names[$i]}@nobtf
+		if [ -f "$kw/out/$name.rc" ]; then
+			read -r rc secs <"$kw/out/$name.rc"
+			if [ "$rc" = 0 ]; then
+				[ "${VMTEST_QUIET:-}" = 1 ] || cat "$kw/out/$name.log"
+				printf 'ok   %s  [%s nobtf] (%ss)\n' "${nobtf_pkgs[$i]}" "$k" "$secs"
+				passed=$((passed + 1))
+				continue
+			fi
+			cat "$kw/out/$name.log"
+			printf 'FAIL %s  [%s nobtf] (%ss, exit %s)\n' "${nobtf_pkgs[$i]}" "$k" "$secs" "$rc"
+		elif [ -f "$kw/out/$name.log" ]; then
+			cat "$kw/out/$name.log"
+			printf 'FAIL %s  [%s nobtf] (no result: the VM crashed or timed out)\n' "${nobtf_pkgs[$i]}" "$k"
+		else
+			printf 'FAIL %s  [%s nobtf] (not run)\n' "${nobtf_pkgs[$i]}" "$k"
+		fi
+		fail=$((fail + 1))
+	done
 	echo "vmtest [$k]: $passed passed, $fail failed"
 	[ "$fail" = 0 ] && [ -n "$booted" ]
 }

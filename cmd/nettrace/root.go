@@ -24,6 +24,7 @@ var subcommands = []func() *cobra.Command{newDoctor}
 var globals struct {
 	attach  string
 	tier    attach.Tier
+	btf     string
 	verbose bool
 }
 
@@ -40,7 +41,7 @@ func newRoot() *cobra.Command {
 				return usageError{err}
 			}
 			globals.tier = t
-			return nil
+			return useBTF(globals.btf)
 		},
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
@@ -48,6 +49,7 @@ func newRoot() *cobra.Command {
 	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&globals.attach, "attach", "auto", "attach tier: auto, fentry, kprobe or tracepoint (fails if the tier is not available)")
+	pf.StringVar(&globals.btf, "btf", "", "the kernel's types from this file (a raw .btf as BTFHub ships, or a vmlinux with .BTF) for a kernel without /sys/kernel/btf/vmlinux; default $"+kernel.BTFEnv)
 	pf.BoolVarP(&globals.verbose, "verbose", "v", false, "print full errors, with verifier logs")
 	for _, sub := range subcommands {
 		root.AddCommand(sub())
@@ -61,6 +63,22 @@ func newRoot() *cobra.Command {
 	}
 	root.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
 	return root
+}
+
+// useBTF reads --btf, or else $NETTRACE_BTF: a file that is not a
+// kernel's BTF is a usage error.
+func useBTF(path string) error {
+	origin := "--btf"
+	if path == "" {
+		path, origin = os.Getenv(kernel.BTFEnv), kernel.BTFEnv
+	}
+	if path == "" {
+		return nil
+	}
+	if err := kernel.UseBTFFile(path, origin); err != nil {
+		return usageError{err}
+	}
+	return nil
 }
 
 // requireCaps fails with one line naming each missing capability.

@@ -62,6 +62,10 @@ type Alternative struct {
 	Tier     Tier
 	Programs []string // names of the programs in the CollectionSpec, all attached together
 	GivesUp  string   // what this alternative loses against the hook's best one; "" for nothing
+	// Method names an alternative that user space serves with no program,
+	// or with programs that only assist it ("sock_diag"); "" names it by
+	// its programs' attach methods ("none" without programs).
+	Method string
 }
 
 // Hook is one thing a tracer observes, with its alternatives best first.
@@ -85,7 +89,7 @@ func GiveUpBefore(hooks []Hook, hook string, tier Tier, alt Alternative) []Hook 
 		if at < 0 {
 			continue
 		}
-		alt.Tier, alt.Programs = tier, nil
+		alt.Tier, alt.Programs, alt.Method = tier, nil, ""
 		h.Alternatives = slices.Insert(slices.Clone(h.Alternatives), at, alt)
 		out[i] = h
 	}
@@ -134,10 +138,11 @@ type Objects struct {
 	Iters    map[string]*link.Iter // iterator links by program name, to Open() per read
 	Choices  []Choice
 
-	base    *ebpf.Collection
-	colls   []*ebpf.Collection
-	links   []link.Link
-	linkFor []linkOf // what each link attached
+	base      *ebpf.Collection
+	colls     []*ebpf.Collection
+	links     []link.Link
+	linkFor   []linkOf               // what each link attached
+	hookLinks map[string][]link.Link // the links of each hook's choice
 }
 
 type linkOf struct{ prog, method string }
@@ -159,6 +164,22 @@ func (o *Objects) Tiers() map[string]string {
 		m[c.Hook] = c.Method
 	}
 	return m
+}
+
+// Detach detaches the programs of hook's chosen alternative and keeps them
+// loaded, for a tracer that attaches them itself only while it needs them
+// (the socket table's sock_diag kprobes).
+func (o *Objects) Detach(hook string) error {
+	var errs []error
+	for _, l := range o.hookLinks[hook] {
+		errs = append(errs, l.Close())
+		if i := slices.Index(o.links, l); i >= 0 {
+			o.links = slices.Delete(o.links, i, i+1)
+			o.linkFor = slices.Delete(o.linkFor, i, i+1)
+		}
+	}
+	delete(o.hookLinks, hook)
+	return errors.Join(errs...)
 }
 
 // Close detaches every link and closes every map and program.
@@ -183,11 +204,22 @@ func (o *Objects) Close() error {
 // alternative that loads and attaches (only alternatives of opts.Tier when it
 // is set). Programs not named by any hook are loaded but not attached. On
 // failure everything opened is closed.
+//
+// CO-RE relocations use the kernel's types from kernel.RelocationTypes (a
+// --btf file on a kernel without BTF of its own). On such a kernel an
+// alternative that needs the kernel's own BTF (tp_btf, fentry/fexit,
+// iterators; a verified program calling a typed-pointer helper) is refused
+// with kernel.NoKernelBTFError's line, and such a program that no hook
+// names is not loaded.
 func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, err error) {
 	// cilium/ebpf resolves tracefs once per process; mount it first.
 	_, _ = kernel.EnsureTracefs()
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 	_ = rlimit.RemoveMemlock()
+	kernelTypes, err := kernel.RelocationTypes()
+	if err != nil {
+		return nil, err
+	}
 
 	spec = spec.Copy()
 	for name, v := range opts.Constants {
@@ -219,7 +251,15 @@ func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, er
 			delete(baseSpec.Programs, name)
 		}
 	}
-	base, err := ebpf.NewCollectionWithOptions(baseSpec, ebpf.CollectionOptions{Cache: cache})
+	for name, ps := range baseSpec.Programs {
+		if needsKernelBTF(ps) != nil {
+			// Not attached by a hook, and this kernel could not load
+			// it: left out of Objects.Programs.
+			delete(baseSpec.Programs, name)
+		}
+	}
+	copts := ebpf.CollectionOptions{Cache: cache, Programs: ebpf.ProgramOptions{KernelTypes: kernelTypes}}
+	base, err := ebpf.NewCollectionWithOptions(baseSpec, copts)
 	if err != nil {
 		return nil, fmt.Errorf("create maps: %w", err)
 	}
@@ -235,8 +275,12 @@ func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, er
 		}
 	}()
 	for name, p := range base.Programs {
+		if err := kernel.CheckVerified(p); err != nil {
+			return nil, fmt.Errorf("load %s: %w", name, err)
+		}
 		o.Programs[name] = p
 	}
+	copts.MapReplacements = o.Maps
 
 	for _, h := range hooks {
 		c := Choice{Hook: h.Name}
@@ -255,7 +299,7 @@ func Load(spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (_ *Objects, er
 				continue
 			}
 			method := altMethod(spec, alt)
-			if err := o.loadAlternative(spec, alt, cache); err != nil {
+			if err := o.loadAlternative(spec, h.Name, alt, copts); err != nil {
 				c.Refused = append(c.Refused, Refusal{Tier: alt.Tier, Method: method, Err: err, Reason: kernel.Explain(method, err)})
 				continue
 			}
@@ -344,20 +388,39 @@ func (e *NoAlternativeError) Unwrap() []error {
 	return errs
 }
 
-func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, alt Alternative, cache *btf.Cache) error {
+// needsKernelBTF refuses, on a kernel without BTF of its own, a program
+// whose attach target the kernel names by BTF id.
+func needsKernelBTF(ps *ebpf.ProgramSpec) error {
+	switch ps.Type {
+	case ebpf.Tracing, ebpf.LSM, ebpf.StructOps:
+		return kernel.RequireKernelBTF(Method(ps))
+	}
+	return nil
+}
+
+func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, hook string, alt Alternative, copts ebpf.CollectionOptions) error {
 	s := spec.Copy()
 	want := map[string]bool{}
 	for _, p := range alt.Programs {
 		want[p] = true
+		if err := needsKernelBTF(s.Programs[p]); err != nil {
+			return err
+		}
 	}
 	for name := range s.Programs {
 		if !want[name] {
 			delete(s.Programs, name)
 		}
 	}
-	coll, err := ebpf.NewCollectionWithOptions(s, ebpf.CollectionOptions{MapReplacements: o.Maps, Cache: cache})
+	coll, err := ebpf.NewCollectionWithOptions(s, copts)
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
+	}
+	for _, p := range coll.Programs {
+		if err := kernel.CheckVerified(p); err != nil {
+			coll.Close()
+			return err
+		}
 	}
 	var links []link.Link
 	iters := map[string]*link.Iter{}
@@ -380,6 +443,10 @@ func (o *Objects) loadAlternative(spec *ebpf.CollectionSpec, alt Alternative, ca
 	for _, name := range alt.Programs {
 		o.linkFor = append(o.linkFor, linkOf{name, Method(s.Programs[name])})
 	}
+	if o.hookLinks == nil {
+		o.hookLinks = map[string][]link.Link{}
+	}
+	o.hookLinks[hook] = links
 	for name, p := range coll.Programs {
 		o.Programs[name] = p
 	}
@@ -420,6 +487,9 @@ func Method(p *ebpf.ProgramSpec) string {
 }
 
 func altMethod(spec *ebpf.CollectionSpec, alt Alternative) string {
+	if alt.Method != "" {
+		return alt.Method
+	}
 	if len(alt.Programs) == 0 {
 		return "none" // the hook is given up in this alternative
 	}

@@ -25,6 +25,9 @@ type TracerInfo struct {
 	// on the running kernel (an alternative given up where it lacks a
 	// feature), for doctor's plan; called only when planning.
 	ForKernel func([]Hook) []Hook
+	// Untiered: the tracer ignores --attach (its alternatives are ways to
+	// do one thing, best first); doctor plans it in Auto.
+	Untiered bool
 }
 
 var registry = map[string]TracerInfo{}
@@ -60,6 +63,9 @@ func Plan(t TracerInfo, tier Tier) ([]Choice, error) {
 	hooks := t.Hooks
 	if t.ForKernel != nil {
 		hooks = t.ForKernel(hooks)
+	}
+	if t.Untiered {
+		tier = Auto
 	}
 	objs, err := Load(spec, hooks, Options{Tier: tier})
 	if err != nil {

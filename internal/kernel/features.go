@@ -191,6 +191,9 @@ func probeTaskStorage() error { return features.HaveMapType(ebpf.TaskStorage) }
 // probeCurrentTaskBTF loads a tp_btf program on sched_switch that calls
 // bpf_get_current_task_btf.
 func probeCurrentTaskBTF() error {
+	if err := RequireKernelBTF("bpf_get_current_task_btf"); err != nil {
+		return err
+	}
 	insns := asm.Instructions{asm.FnGetCurrentTaskBtf.Call(), asm.Mov.Imm(asm.R0, 0), asm.Return()}
 	p, err := loadTiny(&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: "sched_switch", Instructions: insns})
 	if err != nil {
@@ -199,12 +202,12 @@ func probeCurrentTaskBTF() error {
 	return p.Close()
 }
 
-// btfFunc reports whether the kernel's BTF has function name (kfuncs are
-// found that way; the verifier resolves them by BTF id).
+// btfFunc reports whether the kernel's own BTF has kfunc name (the
+// verifier resolves kfuncs by their BTF id there; a --btf file cannot).
 func btfFunc(name string) error {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := OwnTypes("kfunc " + name)
 	if err != nil {
-		return fmt.Errorf("load kernel BTF: %w", err)
+		return err
 	}
 	var fn *btf.Func
 	if err := spec.TypeByName(name, &fn); err != nil {
@@ -217,9 +220,9 @@ func btfFunc(name string) error {
 // function pointer) has a parameter of type enum param (the parameters have
 // no names in BTF).
 func btfFuncParam(name, param string) error {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := Types()
 	if err != nil {
-		return fmt.Errorf("load kernel BTF: %w", err)
+		return err
 	}
 	var td *btf.Typedef
 	if err := spec.TypeByName(name, &td); err != nil {
@@ -260,6 +263,9 @@ func compareVersions(a, b string) int {
 }
 
 func probeMapIter() error {
+	if err := RequireKernelBTF("iter/bpf_map_elem"); err != nil {
+		return err
+	}
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		return fmt.Errorf("create array map: %w", err)

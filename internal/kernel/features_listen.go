@@ -34,9 +34,9 @@ var KprobeMissed = NewFeature("kprobe_missed", "counts of skipped kprobe hits (k
 // btfMember reports whether struct name has the member path in the
 // kernel's BTF, looking through anonymous structs and unions.
 func btfMember(name string, path ...string) error {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := Types()
 	if err != nil {
-		return fmt.Errorf("load kernel BTF: %w", err)
+		return err
 	}
 	var s *btf.Struct
 	if err := spec.TypeByName(name, &s); err != nil {
@@ -73,6 +73,9 @@ func hasMember(t btf.Type, path []string) bool {
 // fourth argument (skb, location, reason, rx_sk): the verifier refuses the
 // read where the tracepoint has fewer.
 func probeKfreeSkbRxSk() error {
+	if err := RequireKernelBTF("tp_btf"); err != nil {
+		return err
+	}
 	insns := asm.Instructions{
 		asm.LoadMem(asm.R0, asm.R1, 3*8, asm.DWord),
 		asm.Mov.Imm(asm.R0, 0),
@@ -88,9 +91,9 @@ func probeKfreeSkbRxSk() error {
 // DropReason returns the value of enum skb_drop_reason's name in the
 // running kernel's BTF (the values are renumbered from release to release).
 func DropReason(name string) (uint32, error) {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := Types()
 	if err != nil {
-		return 0, fmt.Errorf("load kernel BTF: %w", err)
+		return 0, err
 	}
 	var reasons *btf.Enum
 	if err := spec.TypeByName("skb_drop_reason", &reasons); err != nil {

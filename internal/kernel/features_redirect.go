@@ -17,6 +17,9 @@ var SkMsgTaskStorage = NewFeature("sk_msg_task_storage", "task local storage in 
 // probeSkMsgTaskStorage loads an sk_msg program that looks the current
 // task up in a task storage map.
 func probeSkMsgTaskStorage() error {
+	if err := RequireKernelBTF("bpf_get_current_task_btf"); err != nil {
+		return err
+	}
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
 		Type:      ebpf.TaskStorage,
 		KeySize:   4,

@@ -10,7 +10,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
@@ -46,7 +45,7 @@ func Probes() []Probe {
 		}
 		out = append(out, p)
 	}
-	add("btf", "kernel BTF (/sys/kernel/btf/vmlinux)", ProbeBTF)
+	add("btf", "kernel types (BTF) for CO-RE", ProbeBTF)
 	add("fentry", "fentry/fexit on "+ProbeFunc, func() (string, error) { return "", ProbeFentry(ProbeFunc) })
 	add("kprobe", "kprobe/kretprobe on "+ProbeFunc, func() (string, error) { return "", ProbeKprobe(ProbeFunc) })
 	add("tp_btf", "BTF tracepoint (tp_btf/sched_switch)", func() (string, error) { return "", ProbeTPBTF("sched_switch") })
@@ -86,16 +85,28 @@ func attachClose(l link.Link, err error) error {
 	return l.Close()
 }
 
-// ProbeBTF checks that the kernel exposes its BTF.
+// ProbeBTF says where the kernel's types come from (see Types), and what
+// is lost when the kernel has no BTF of its own.
 func ProbeBTF() (string, error) {
-	if _, err := btf.LoadKernelSpec(); err != nil {
-		return "", fmt.Errorf("load kernel BTF: %w", err)
+	src, err := BTFInfo()
+	if err != nil {
+		return "", fmt.Errorf("none: %w", err)
 	}
-	return "/sys/kernel/btf/vmlinux", nil
+	if _, err := Types(); err != nil {
+		return "", fmt.Errorf("%s: %w", src, err)
+	}
+	detail := src.String()
+	if !KernelHasBTF() {
+		detail += "; the kernel has no BTF of its own (CONFIG_DEBUG_INFO_BTF unset): no tp_btf, fentry, iterators, typed-pointer helpers or kfuncs, so kprobes, raw_tp and tracepoints serve every hook"
+	}
+	return detail, nil
 }
 
 // ProbeFentry loads and attaches fentry and fexit programs on fn.
 func ProbeFentry(fn string) error {
+	if err := RequireKernelBTF("fentry"); err != nil {
+		return err
+	}
 	for _, at := range []ebpf.AttachType{ebpf.AttachTraceFEntry, ebpf.AttachTraceFExit} {
 		p, err := loadTiny(&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: at, AttachTo: fn})
 		if errors.Is(err, unix.EPERM) {
@@ -141,6 +152,9 @@ func ProbeKprobe(fn string) error {
 
 // ProbeTPBTF loads and attaches a tp_btf program to tracepoint tp.
 func ProbeTPBTF(tp string) error {
+	if err := RequireKernelBTF("tp_btf"); err != nil {
+		return err
+	}
 	p, err := loadTiny(&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: tp})
 	if err != nil {
 		return err
@@ -215,6 +229,9 @@ func ProbePerfEvent() error {
 
 // ProbeIterTCP loads an iter/tcp program, attaches it and reads it once.
 func ProbeIterTCP() error {
+	if err := RequireKernelBTF("iter/tcp"); err != nil {
+		return err
+	}
 	p, err := loadTiny(&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceIter, AttachTo: "tcp"})
 	if err != nil {
 		return err
@@ -343,7 +360,13 @@ func kprobesBuiltIn() bool {
 // naming what the kernel lacks where that is known.
 func Explain(method string, err error) string {
 	switch {
-	case (method == "kprobe" || method == "kretprobe") && !kprobesBuiltIn():
+	case errors.Is(err, ErrNoKernelBTF):
+		var nb *NoKernelBTFError
+		if errors.As(err, &nb) {
+			return nb.Error()
+		}
+		return err.Error()
+	case strings.Contains(method, "kprobe") && !kprobesBuiltIn():
 		return "kernel has no kprobes (CONFIG_KPROBES unset)"
 	case (method == "fentry" || method == "fexit") && errors.Is(err, unix.EPERM):
 		return "kernel refuses BPF trampolines (fentry/fexit load fails with EPERM)"

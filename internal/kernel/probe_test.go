@@ -18,10 +18,20 @@ func TestProbesThisKernel(t *testing.T) {
 		got[p.Name] = p
 		t.Logf("%-10s ok=%-5v %s", p.Name, p.OK, p.Detail)
 	}
-	// What every kernel nettrace supports has (5.8+ with BTF).
-	for _, name := range []string{"btf", "tp_btf", "raw_tp", "tracepoint", "perf_event", "iter_tcp", "sockops", "sk_msg", "cgroup2", "ringbuf", "bpf_stats"} {
+	// What every kernel nettrace supports has (5.8+; with its own BTF or
+	// a --btf file for the types).
+	for _, name := range []string{"btf", "raw_tp", "tracepoint", "perf_event", "sockops", "sk_msg", "cgroup2", "ringbuf", "bpf_stats"} {
 		if !got[name].OK {
 			t.Errorf("probe %s failed: %s", name, got[name].Detail)
+		}
+	}
+	// What needs the kernel's own BTF: there, or refused naming it.
+	for _, name := range []string{"tp_btf", "iter_tcp"} {
+		switch p := got[name]; {
+		case KernelHasBTF() && !p.OK:
+			t.Errorf("probe %s failed: %s", name, p.Detail)
+		case !KernelHasBTF() && (p.OK || !strings.Contains(p.Detail, "CONFIG_DEBUG_INFO_BTF")):
+			t.Errorf("probe %s without kernel BTF: ok=%v %q, want refused naming CONFIG_DEBUG_INFO_BTF", name, p.OK, p.Detail)
 		}
 	}
 	// What the test environment says this kernel must (not) have.
@@ -32,7 +42,7 @@ func TestProbesThisKernel(t *testing.T) {
 				t.Errorf("probe %s failed on a kernel that must have it: %s", name, got[name].Detail)
 			}
 		}
-	case "kprobe": // arm64 before 6.4: kprobes, no BPF trampolines
+	case "kprobe": // arm64 before 6.4 (no BPF trampolines), or a kernel with its BTF hidden (vmtest's second pass)
 		if !got["kprobe"].OK {
 			t.Errorf("probe kprobe failed on a kernel that must have it: %s", got["kprobe"].Detail)
 		}

@@ -2,7 +2,9 @@
 // BPF iterator (iter/tcp): listening sockets with their accept and SYN
 // queues and backlog limit, connections with their queues, request sockets,
 // and TIME_WAIT sockets with their remaining timer. It is the snapshot the
-// ports, listen and timewait tracers share.
+// ports, listen and timewait tracers share. On a kernel without BTF of its
+// own, which has no iter/tcp, it reads the same fields from sock_diag
+// netlink (see diag.go for what that cannot give).
 package socktable
 
 import (
@@ -63,8 +65,12 @@ type Socket struct {
 	Inode      uint64 // socket inode (0 for TIME_WAIT and request sockets)
 	Netns      uint64 // network namespace inode
 	// Sock is the kernel address of the socket, for BPF programs that read
-	// the socket through a map (the listen tracer); never display it.
+	// the socket through a map (the listen tracer); never display it. 0
+	// where the table cannot tell (sock_diag without kprobes).
 	Sock uint64
+	// Cookie is the socket's cookie through sock_diag (0 through
+	// iter/tcp): an identity for as long as the socket lives.
+	Cookie uint64
 	// Remaining is the time left on the TIME_WAIT (or request socket) timer.
 	Remaining time.Duration
 }
@@ -75,12 +81,15 @@ type Snapshot struct {
 	Sockets []Socket
 }
 
-// Hooks is the iterator; it has no other alternative (kernels without
-// iter/tcp, before 5.9, are not supported by the tracers that use it).
+// Hooks is the iterator, then sock_diag netlink with the kprobes that give
+// it the sockets' kernel addresses, then sock_diag alone. The table is read
+// the best way that works whatever --attach says (Untiered).
 var Hooks = []attach.Hook{{
 	Name: "tcp_sockets",
 	Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"dump_tcp"}},
+		{Tier: attach.Kprobe, Programs: []string{"diag_cookie", "diag_cookie_ret"}, Method: "sock_diag+kprobe", GivesUp: diagGivesUp},
+		{Tier: attach.Tracepoint, Method: "sock_diag", GivesUp: diagNoAddrGivesUp},
 	},
 }}
 
@@ -115,6 +124,8 @@ type Table struct {
 	it     interface{ Open() (io.ReadCloser, error) }
 	filter *ebpf.Map // .data.filter: the iterator's state_mask
 
+	diag *diagReader // sock_diag netlink instead of the iterator
+
 	mu   sync.Mutex // one read at a time: the filter and buffer are shared
 	mask uint32     // the state_mask last written
 	buf  []byte     // the iterator's output, kept between reads
@@ -123,22 +134,85 @@ type Table struct {
 	hz     float64
 }
 
-// New loads the iterator. The tier is ignored: there is one way to do this.
-func New() (*Table, error) {
+// New loads the iterator, or where the kernel refuses it (no BTF of its
+// own) the sock_diag reader. The tier is ignored: the table is read the
+// best way this kernel has.
+func New() (*Table, error) { return newTable(Hooks) }
+
+func newTable(hooks []attach.Hook) (*Table, error) {
+	spec, err := Spec()
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, a := range hooks[0].Alternatives {
+		for _, p := range a.Programs {
+			used[p] = true
+		}
+	}
+	for name := range spec.Programs {
+		if !used[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	objs, err := attach.Load(spec, hooks, attach.Options{})
+	if err != nil {
+		return nil, err
+	}
+	t := &Table{objs: objs}
+	if c, _ := objs.Choice("tcp_sockets"); c.Method != "iter" {
+		t.diag = newDiagReader()
+		if c.Method == "sock_diag+kprobe" {
+			// They attached: the reader attaches them again only to
+			// resolve new listeners.
+			if err := objs.Detach("tcp_sockets"); err != nil {
+				objs.Close()
+				return nil, fmt.Errorf("detach sock_diag kprobes: %w", err)
+			}
+			d := t.diag
+			d.probe, d.probeRet = objs.Programs["diag_cookie"], objs.Programs["diag_cookie_ret"]
+			d.target = spec.Programs["diag_cookie"].AttachTo
+			d.addrs, d.tid = objs.Maps["diag_addrs"], objs.Maps[".data.diag"]
+		}
+		// A kernel without TCP sock_diag fails here, with one line.
+		if err := t.diag.read(&Snapshot{}, "", States(Listen)); err != nil {
+			objs.Close()
+			return nil, fmt.Errorf("read TCP sockets: %w", err)
+		}
+		return t, nil
+	}
+	t.it, t.filter = objs.Iters["dump_tcp"], objs.Maps[".data.filter"]
+	if t.filter == nil {
+		objs.Close()
+		return nil, fmt.Errorf("load socktable: no .data.filter map")
+	}
+	return t, nil
+}
+
+// cookieFuncs are the functions, first found first, that the sock_diag
+// dump calls with each socket it reports: sock_diag_save_cookie where it is
+// a function of its own, else the cookie maker it inlines. Which one the
+// compiler kept differs between builds (6.1: __sock_gen_cookie is called;
+// 6.12: it is inlined into sock_diag_save_cookie).
+var cookieFuncs = []string{"sock_diag_save_cookie", "__sock_gen_cookie", "sock_gen_cookie"}
+
+// Spec returns the table's BPF objects, the sock_diag kprobes aimed at the
+// first of cookieFuncs this kernel has.
+func Spec() (*ebpf.CollectionSpec, error) {
 	spec, err := loadSocktable()
 	if err != nil {
 		return nil, fmt.Errorf("load socktable spec: %w", err)
 	}
-	objs, err := attach.Load(spec, Hooks, attach.Options{})
-	if err != nil {
-		return nil, err
+	if ks, err := kernel.LoadKallsyms(); err == nil {
+		for _, fn := range cookieFuncs {
+			if _, err := ks.Resolve(fn); err == nil {
+				spec.Programs["diag_cookie"].AttachTo = fn
+				spec.Programs["diag_cookie_ret"].AttachTo = fn
+				break
+			}
+		}
 	}
-	filter := objs.Maps[".data.filter"]
-	if filter == nil {
-		objs.Close()
-		return nil, fmt.Errorf("load socktable: no .data.filter map")
-	}
-	return &Table{objs: objs, it: objs.Iters["dump_tcp"], filter: filter}, nil
+	return spec, nil
 }
 
 // Close detaches the iterator.
@@ -192,6 +266,11 @@ func (t *Table) ReadStates(nsPath string, states StateMask) (*Snapshot, error) {
 // whose state states selects into snap, reusing snap.Sockets: a caller that
 // reads every interval keeps one Snapshot and allocates nothing per socket.
 func (t *Table) ReadInto(snap *Snapshot, nsPath string, states StateMask) error {
+	if t.diag != nil {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		return t.diag.read(snap, nsPath, states)
+	}
 	hz := t.HZ()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -318,8 +397,12 @@ func addr(family uint16, b []byte) netip.Addr {
 }
 
 // HZ is the kernel's timer frequency, measured once from two iterator
-// headers 100 ms apart and rounded to a configurable CONFIG_HZ value.
+// headers 100 ms apart and rounded to a configurable CONFIG_HZ value; 0
+// when the table is read through sock_diag, which gives milliseconds.
 func (t *Table) HZ() float64 {
+	if t.diag != nil {
+		return 0
+	}
 	t.hzOnce.Do(func() {
 		t.hz = 250 // the most common value, if measuring fails
 		read := func() (header, error) {
@@ -366,6 +449,6 @@ func abs(f float64) float64 {
 func init() {
 	attach.Register(attach.TracerInfo{
 		Name: "socktable", Summary: "TCP socket table (iter/tcp), shared by ports, listen and timewait",
-		Spec: loadSocktable, Hooks: Hooks, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon},
+		Spec: Spec, Hooks: Hooks, Caps: []kernel.Cap{kernel.CapBPF, kernel.CapPerfmon}, Untiered: true,
 	})
 }

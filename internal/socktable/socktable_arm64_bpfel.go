@@ -54,10 +54,15 @@ type socktableSockRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	socktableProgDumpTcp  = "dump_tcp"
-	socktableVarStateMask = "state_mask"
-	socktableVarUnusedHdr = "unused_hdr"
-	socktableVarUnusedRec = "unused_rec"
+	socktableMapDiagAddrs      = "diag_addrs"
+	socktableProgDiagCookie    = "diag_cookie"
+	socktableProgDiagCookieRet = "diag_cookie_ret"
+	socktableProgDumpTcp       = "dump_tcp"
+	socktableVarDiagSk         = "diag_sk"
+	socktableVarDiagTid        = "diag_tid"
+	socktableVarStateMask      = "state_mask"
+	socktableVarUnusedHdr      = "unused_hdr"
+	socktableVarUnusedRec      = "unused_rec"
 )
 
 // loadSocktable returns the embedded CollectionSpec for socktable.
@@ -102,19 +107,24 @@ type socktableSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socktableProgramSpecs struct {
-	DumpTcp *ebpf.ProgramSpec `ebpf:"dump_tcp"`
+	DiagCookie    *ebpf.ProgramSpec `ebpf:"diag_cookie"`
+	DiagCookieRet *ebpf.ProgramSpec `ebpf:"diag_cookie_ret"`
+	DumpTcp       *ebpf.ProgramSpec `ebpf:"dump_tcp"`
 }
 
 // socktableMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socktableMapSpecs struct {
+	DiagAddrs *ebpf.MapSpec `ebpf:"diag_addrs"`
 }
 
 // socktableVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socktableVariableSpecs struct {
+	DiagSk    *ebpf.VariableSpec `ebpf:"diag_sk"`
+	DiagTid   *ebpf.VariableSpec `ebpf:"diag_tid"`
 	StateMask *ebpf.VariableSpec `ebpf:"state_mask"`
 	UnusedHdr *ebpf.VariableSpec `ebpf:"unused_hdr"`
 	UnusedRec *ebpf.VariableSpec `ebpf:"unused_rec"`
@@ -140,16 +150,21 @@ func (o *socktableObjects) Close() error {
 //
 // It can be passed to loadSocktableObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socktableMaps struct {
+	DiagAddrs *ebpf.Map `ebpf:"diag_addrs"`
 }
 
 func (m *socktableMaps) Close() error {
-	return _SocktableClose()
+	return _SocktableClose(
+		m.DiagAddrs,
+	)
 }
 
 // socktableVariables contains all global variables after they have been loaded into the kernel.
 //
 // It can be passed to loadSocktableObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socktableVariables struct {
+	DiagSk    *ebpf.Variable `ebpf:"diag_sk"`
+	DiagTid   *ebpf.Variable `ebpf:"diag_tid"`
 	StateMask *ebpf.Variable `ebpf:"state_mask"`
 	UnusedHdr *ebpf.Variable `ebpf:"unused_hdr"`
 	UnusedRec *ebpf.Variable `ebpf:"unused_rec"`
@@ -159,11 +174,15 @@ type socktableVariables struct {
 //
 // It can be passed to loadSocktableObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socktablePrograms struct {
-	DumpTcp *ebpf.Program `ebpf:"dump_tcp"`
+	DiagCookie    *ebpf.Program `ebpf:"diag_cookie"`
+	DiagCookieRet *ebpf.Program `ebpf:"diag_cookie_ret"`
+	DumpTcp       *ebpf.Program `ebpf:"dump_tcp"`
 }
 
 func (p *socktablePrograms) Close() error {
 	return _SocktableClose(
+		p.DiagCookie,
+		p.DiagCookieRet,
 		p.DumpTcp,
 	)
 }

@@ -63,9 +63,9 @@ func (k kernelFacts) constants() map[string]any {
 
 func readKernelFacts() (kernelFacts, error) {
 	k := kernelFacts{ReasonListenOverflow: noReason, ReasonNoSocket: noReason}
-	spec, err := btf.LoadKernelSpec()
+	spec, err := kernel.Types()
 	if err != nil {
-		return k, fmt.Errorf("load kernel BTF: %w", err)
+		return k, err
 	}
 	if v, err := kernel.DropReason("SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"); err == nil {
 		k.ReasonListenOverflow = v

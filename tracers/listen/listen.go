@@ -49,9 +49,11 @@ var Hooks = []attach.Hook{
 	}},
 	{Name: "queue", Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"state_tp"}},
+		{Tier: attach.Tracepoint, Programs: []string{"state_raw_tp"}, GivesUp: "nothing measured; reads the sockets with probe_read"},
 	}},
 	{Name: "synack", Alternatives: []attach.Alternative{
 		{Tier: attach.Tracepoint, Programs: []string{"synack_tp"}},
+		{Tier: attach.Tracepoint, Programs: []string{"synack_raw_tp"}, GivesUp: "nothing measured; reads the listener with probe_read"},
 	}},
 	{Name: "accept", Alternatives: []attach.Alternative{
 		{Tier: attach.Fentry, Programs: []string{"accept_fexit"}},

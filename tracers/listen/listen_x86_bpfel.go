@@ -110,6 +110,7 @@ const (
 	listenProgCookie4Kprobe       = "cookie4_kprobe"
 	listenProgCookie6Fentry       = "cookie6_fentry"
 	listenProgCookie6Kprobe       = "cookie6_kprobe"
+	listenProgStateRawTp          = "state_raw_tp"
 	listenProgStateTp             = "state_tp"
 	listenProgSynAdmitFentry      = "syn_admit_fentry"
 	listenProgSynAdmitKprobe      = "syn_admit_kprobe"
@@ -119,6 +120,7 @@ const (
 	listenProgSynEnterKprobe      = "syn_enter_kprobe"
 	listenProgSynExitFentry       = "syn_exit_fentry"
 	listenProgSynExitKprobe       = "syn_exit_kprobe"
+	listenProgSynackRawTp         = "synack_raw_tp"
 	listenProgSynackTp            = "synack_tp"
 	listenVarAcceptNargs          = "accept_nargs"
 	listenVarCookie4End           = "cookie4_end"
@@ -201,6 +203,7 @@ type listenProgramSpecs struct {
 	Cookie4Kprobe     *ebpf.ProgramSpec `ebpf:"cookie4_kprobe"`
 	Cookie6Fentry     *ebpf.ProgramSpec `ebpf:"cookie6_fentry"`
 	Cookie6Kprobe     *ebpf.ProgramSpec `ebpf:"cookie6_kprobe"`
+	StateRawTp        *ebpf.ProgramSpec `ebpf:"state_raw_tp"`
 	StateTp           *ebpf.ProgramSpec `ebpf:"state_tp"`
 	SynAdmitFentry    *ebpf.ProgramSpec `ebpf:"syn_admit_fentry"`
 	SynAdmitKprobe    *ebpf.ProgramSpec `ebpf:"syn_admit_kprobe"`
@@ -210,6 +213,7 @@ type listenProgramSpecs struct {
 	SynEnterKprobe    *ebpf.ProgramSpec `ebpf:"syn_enter_kprobe"`
 	SynExitFentry     *ebpf.ProgramSpec `ebpf:"syn_exit_fentry"`
 	SynExitKprobe     *ebpf.ProgramSpec `ebpf:"syn_exit_kprobe"`
+	SynackRawTp       *ebpf.ProgramSpec `ebpf:"synack_raw_tp"`
 	SynackTp          *ebpf.ProgramSpec `ebpf:"synack_tp"`
 }
 
@@ -350,6 +354,7 @@ type listenPrograms struct {
 	Cookie4Kprobe     *ebpf.Program `ebpf:"cookie4_kprobe"`
 	Cookie6Fentry     *ebpf.Program `ebpf:"cookie6_fentry"`
 	Cookie6Kprobe     *ebpf.Program `ebpf:"cookie6_kprobe"`
+	StateRawTp        *ebpf.Program `ebpf:"state_raw_tp"`
 	StateTp           *ebpf.Program `ebpf:"state_tp"`
 	SynAdmitFentry    *ebpf.Program `ebpf:"syn_admit_fentry"`
 	SynAdmitKprobe    *ebpf.Program `ebpf:"syn_admit_kprobe"`
@@ -359,6 +364,7 @@ type listenPrograms struct {
 	SynEnterKprobe    *ebpf.Program `ebpf:"syn_enter_kprobe"`
 	SynExitFentry     *ebpf.Program `ebpf:"syn_exit_fentry"`
 	SynExitKprobe     *ebpf.Program `ebpf:"syn_exit_kprobe"`
+	SynackRawTp       *ebpf.Program `ebpf:"synack_raw_tp"`
 	SynackTp          *ebpf.Program `ebpf:"synack_tp"`
 }
 
@@ -383,6 +389,7 @@ func (p *listenPrograms) Close() error {
 		p.Cookie4Kprobe,
 		p.Cookie6Fentry,
 		p.Cookie6Kprobe,
+		p.StateRawTp,
 		p.StateTp,
 		p.SynAdmitFentry,
 		p.SynAdmitKprobe,
@@ -392,6 +399,7 @@ func (p *listenPrograms) Close() error {
 		p.SynEnterKprobe,
 		p.SynExitFentry,
 		p.SynExitKprobe,
+		p.SynackRawTp,
 		p.SynackTp,
 	)
 }

@@ -43,16 +43,18 @@ func serve(t *testing.T, ns *testutil.Netns, addr string) *server {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	f := os.NewFile(uintptr(fd), "listener")
 	dup, err := unix.Dup(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.FileListener(os.NewFile(uintptr(dup), "listener"))
+	// FileListener makes its own descriptor: close the dup's file now,
+	// not when a finalizer gets to it.
+	df := os.NewFile(uintptr(dup), "listener")
+	ln, err := net.FileListener(df)
+	df.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = f
 	s := &server{}
 	var wg sync.WaitGroup
 	wg.Add(1)

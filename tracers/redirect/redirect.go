@@ -81,9 +81,12 @@ const MsgTotLenSince = "6.19+; stable 6.18.14+, 6.12.75+, 6.6.128+"
 // reads the peer socket through the bpf_rdonly_cast kfunc (6.2+, older
 // than msg_tot_len).
 func Supported() error {
-	spec, err := btf.LoadKernelSpec()
+	if err := kernel.RequireKernelBTF("redirect (its sk_msg program calls the bpf_rdonly_cast kfunc)"); err != nil {
+		return err
+	}
+	spec, err := kernel.Types()
 	if err != nil {
-		return fmt.Errorf("load kernel BTF: %w", err)
+		return err
 	}
 	var s *btf.Struct
 	if err := spec.TypeByName("sk_psock", &s); err != nil {
@@ -105,7 +108,7 @@ func Supported() error {
 // (6.4+), which bulk senders need to leave the socket map safely (see
 // leave in bpf/redirect.bpf.c). Without it they stay in the map, on TCP.
 func canLeave() bool {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := kernel.Types()
 	if err != nil {
 		return false
 	}

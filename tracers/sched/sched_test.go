@@ -404,7 +404,7 @@ func TestNoState(t *testing.T) {
 // and that the hook says what it does where it has not.
 func TestSwitchChoice(t *testing.T) {
 	testutil.RequireBPF(t)
-	spec, err := btf.LoadKernelSpec()
+	spec, err := kernel.Types()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,8 @@ func (s *portSet) each(fn func(uint16)) {
 	}
 }
 
-// twSock is a TIME_WAIT socket of a walk, named by its kernel address; the
+// twSock is a TIME_WAIT socket of a walk, named by its kernel address (its
+// cookie where the socket table reads sock_diag without addresses); the
 // 4-tuple tells a new socket at a reused address from the one seen before.
 type twSock struct {
 	sk   uint64

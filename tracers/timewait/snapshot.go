@@ -1,6 +1,7 @@
 package timewait
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -232,7 +233,7 @@ func (t *Tracer) state(id uint64, path string, o *observation) *nsState {
 		switch s.State {
 		case socktable.TimeWait:
 			if !t.exact && prev == nil {
-				seed = append(seed, twSock{sk: s.Sock, tp: tupleOf(s), left: s.Remaining})
+				seed = append(seed, twSock{sk: cmp.Or(s.Sock, s.Cookie), tp: tupleOf(s), left: s.Remaining})
 			}
 		case socktable.CloseWait:
 			st.owned = append(st.owned, *s)
@@ -470,7 +471,7 @@ func (t *Tracer) Snapshot() (*Snapshot, error) {
 				if !diff {
 					continue
 				}
-				t.tw.add(twSock{sk: s.Sock, tp: tp, left: s.Remaining}, r)
+				t.tw.add(twSock{sk: cmp.Or(s.Sock, s.Cookie), tp: tp, left: s.Remaining}, r)
 			case socktable.FinWait1:
 				h.FinWait1++
 			case socktable.FinWait2:
