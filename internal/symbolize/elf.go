@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 )
 
@@ -19,6 +20,31 @@ type Binary struct {
 	sizes   []uint64
 	names   []string
 	gotab   *gosym.Table
+
+	// A binary opened at capture is parsed at its first lookup: a
+	// capture only reads the mappings and opens the files, so a process
+	// announced behind others is read before it can exec or exit.
+	pending *elf.File
+	closer  io.Closer
+}
+
+// lazyBinary returns a Binary of f to parse at its first use.
+func lazyBinary(f *elf.File, c io.Closer) *Binary {
+	return &Binary{BuildID: buildID(f), pending: f, closer: c}
+}
+
+// load parses a binary opened lazily (the symbolizer holds its lock).
+func (b *Binary) load() {
+	if b.pending == nil {
+		return
+	}
+	f, c, id := b.pending, b.closer, b.BuildID
+	b.pending, b.closer = nil, nil
+	if nb, err := newBinary(f); err == nil {
+		*b = *nb
+		b.BuildID = id
+	}
+	c.Close()
 }
 
 // OpenBinary parses path's program headers and symbols.
@@ -124,6 +150,7 @@ func buildID(f *elf.File) string {
 // VirtualAddr converts a file offset to the ELF virtual address through the
 // PT_LOAD segment that maps it; without one it returns off.
 func (b *Binary) VirtualAddr(off uint64) uint64 {
+	b.load()
 	for _, p := range b.loads {
 		if off >= p.Off && off < p.Off+p.Filesz {
 			return off - p.Off + p.Vaddr
@@ -136,6 +163,7 @@ func (b *Binary) VirtualAddr(off uint64) uint64 {
 // .gopclntab for Go binaries, else from .symtab/.dynsym. ok is false when
 // no symbol covers addr.
 func (b *Binary) Lookup(addr uint64) (name string, off uint64, file string, line int, ok bool) {
+	b.load()
 	if b.gotab != nil {
 		if fn := b.gotab.PCToFunc(addr); fn != nil {
 			file, line, _ = b.gotab.PCToLine(addr)

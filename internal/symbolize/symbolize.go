@@ -174,13 +174,9 @@ func (s *Symbolizer) openLocked(dir string, m *mapping) *Binary {
 				return b
 			}
 		}
-		b, err := newBinary(ef)
-		f.Close()
-		if err != nil {
-			b = nil
-		}
+		b := lazyBinary(ef, f)
 		s.byInode[key] = b
-		if b != nil && b.BuildID != "" {
+		if b.BuildID != "" {
 			s.byBuildID[b.BuildID] = b
 		}
 		return b

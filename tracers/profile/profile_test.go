@@ -338,7 +338,7 @@ func TestExec(t *testing.T) {
 			t.Logf("unnamed leaf: %+v", leaf)
 		}
 	}
-	t.Logf("%d samples, %d in nettrace_spin_c after exec, %d unnamed in the programs", mine, c, unnamed)
+	t.Logf("%d samples, %d in nettrace_spin_c after exec, %d unnamed in the programs; lost %+v", mine, c, unnamed, p.Lost)
 	if c < 100 || unnamed != 0 {
 		t.Fatalf("nettrace_spin_c named in %d of %d samples, %d unnamed leaves in the programs", c, mine, unnamed)
 	}
